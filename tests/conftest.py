@@ -1,0 +1,26 @@
+"""Test setup: 8 fake CPU devices must be requested before jax is imported anywhere."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# TensorFlow (data tests) must never grab an accelerator or flood the log.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir():
+  """../shared/fixtures, or a skip when this clone has none beside it."""
+  if not SHARED_FIXTURES.is_dir():
+    pytest.skip(f"../shared/fixtures not found at {SHARED_FIXTURES} (only present in the dev/CI layout)")
+  return SHARED_FIXTURES
