@@ -171,8 +171,8 @@ def infer_configs(nets: Mapping[str, Arrays], motion_sigma: float = 0.25,
   embed = g.get("mapping.embed.weight")
   c_dim = 0 if embed is None else embed.shape[1]
   # Keep the official default entries (128 and 256) so the config round-trips unchanged.
-  extra_convs = dict({128: 1, 256: 1}, **{r: n for r, n in extra.items() if n})
-  extra_convs.update({r: 0 for r in blocks if not extra[r] and r in extra_convs})
+  extra_convs = {128: 1, 256: 1}
+  extra_convs.update({r: n for r, n in extra.items() if n or r in extra_convs})
   z_dim = g["mapping.fc0.weight"].shape[1] - (g["mapping.fc0.weight"].shape[0] if c_dim else 0)
   gcfg = GeneratorConfig(
       resolution=res, input_resolution=input_res, z_dim=z_dim,
