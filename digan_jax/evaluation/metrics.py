@@ -61,8 +61,8 @@ def _symmetric_sqrt_svd(mat: np.ndarray) -> np.ndarray:
 def trace_sqrt_product(sigma1, sigma2, *, method: SqrtMethod = "eigh") -> float:
   """tr((sigma1 sigma2)^(1/2)) for symmetric positive semi-definite sigma1, sigma2.
 
-  'eigh' (default): A = sqrt(sigma1) by eigendecomposition, then the eigenvalues of the symmetric PSD
-    matrix A sigma2 A (similar to sigma1 sigma2), clipped at 0 and rooted. Robust and symmetric-aware.
+  'eigh' (default): A = sqrt(sigma1) by eigendecomposition, then the eigenvalues of the symmetric
+    PSD matrix A sigma2 A (similar to sigma1 sigma2), clipped at 0 and rooted.
   'svd': TF-GAN's `trace_sqrt_product` route, SVD square roots with values < 1e-10 left un-rooted.
   'sqrtm': scipy.linalg.sqrtm of the non-symmetric product, real part (StyleGAN-V's route).
   """
@@ -109,7 +109,7 @@ def frechet_distance(features1, features2, *, unbiased: bool = True,
 
 
 def polynomial_kernel(x, y) -> np.ndarray:
-  """k(x, y) = (x.y / d + 1)^3, the KVD/KID kernel (sklearn defaults: degree 3, gamma 1/d, coef0 1)."""
+  """k(x, y) = (x.y / d + 1)^3, the KVD kernel (sklearn: degree 3, gamma 1/d, coef0 1)."""
   x = np.asarray(x, dtype=np.float64)
   y = np.asarray(y, dtype=np.float64)
   return (x @ y.T / x.shape[1] + 1.0) ** 3
@@ -141,8 +141,8 @@ def kernel_distance(features1, features2) -> float:
 
 
 def _block_bounds(n: int, num_blocks: int) -> np.ndarray:
-  # Contiguous near-equal blocks: the first ones get floor(n / num_blocks), the last n mod num_blocks
-  # ones one more (TF-GAN's layout, spec §5).
+  # Contiguous near-equal blocks: the first ones get floor(n / num_blocks), the last
+  # n mod num_blocks ones one more (TF-GAN's layout, spec §5).
   base = n // num_blocks
   num_plus_one = n - base * num_blocks
   sizes = [base] * (num_blocks - num_plus_one) + [base + 1] * num_plus_one
@@ -153,9 +153,9 @@ def kernel_distance_blocks(features1, features2, *,
                            max_block_size: int = 1024) -> tuple[float, float]:
   """TF-GAN's block KVD estimator: (mean over blocks, standard error).
 
-  num_blocks = ceil(max(n1, n2) / max_block_size); each block pairs the i-th contiguous block of both
-  sets; the standard error is sqrt(var_ddof1(blocks) / num_blocks), NaN for a single block. Rows are
-  assumed to be in random order.
+  num_blocks = ceil(max(n1, n2) / max_block_size); each block pairs the i-th contiguous block of
+  both sets; the standard error is sqrt(var_ddof1(blocks) / num_blocks), NaN for a single block.
+  Rows are assumed to be in random order.
   """
   x = _as_float64_matrix(features1, "features1")
   y = _as_float64_matrix(features2, "features2")
@@ -181,8 +181,8 @@ def inception_score(probs, *, num_splits: int = 1, eps: float = 0.0,
 
   TGAN v1: num_splits=1, eps=1e-7 (added inside both logs). TGANv2: num_splits=1, eps=1e-20.
   StyleGAN-V: num_splits=10, eps=0, shuffle_seed=42 (rows permuted with np.random.RandomState(42)).
-  Splits are contiguous, each of N // num_splits rows (a remainder is dropped). std is the population
-  std over splits (0 for one split).
+  Splits are contiguous, each of N // num_splits rows (a remainder is dropped). std is the
+  population std over splits (0 for one split).
   """
   p = _as_float64_matrix(probs, "probs")
   if np.any(p < 0):

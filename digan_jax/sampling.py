@@ -1,0 +1,206 @@
+"""Rendering API and sampling CLI: any times, frame counts, resolution and field of view.
+
+  python -m digan_jax.sampling --checkpoint=WORKDIR/checkpoints --output=out/ \\
+      --num_videos=16 --num_frames=64 --t_end=4   # 4x longer than training (extrapolation)
+
+Only the EMA generator is restored. Videos are deterministic per seed: the content latents come
+from `seed`, the motion latents from `motion_seed` (default seed + 1), so keeping `seed` and
+changing `motion_seed` shows diverse motion of the same content.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from digan_jax.models.generator import Generator
+from digan_jax.models.inr import CoordGrid
+
+
+def latents(seed: int, num_videos: int, dim: int) -> jnp.ndarray:
+  """Latents for videos 0..n-1 of a seed; video i's latent does not depend on n."""
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(num_videos))
+  return jax.vmap(lambda k: jax.random.normal(k, (dim,)))(keys)
+
+
+def render(generator: Generator, variables, z_content, z_motion, times, labels=None,
+           grid: CoordGrid = CoordGrid(), frames_per_chunk: int | None = None,
+           truncation_psi: float = 1.0):
+  """Frames [B, T, H, W, 3] for `times` ([T] or [B, T]) on `grid`.
+
+  The mapping runs once per video; with `frames_per_chunk`, time chunks are rendered one after
+  another (`lax.map`) to bound memory for long videos. Not jitted here: wrap it in jax.jit.
+  """
+  w = generator.apply(variables, z_content, labels, truncation_psi, method=Generator.map)
+  times = jnp.asarray(times, jnp.float32)
+  if times.ndim == 1:
+    times = jnp.broadcast_to(times[None], (z_content.shape[0], times.shape[0]))
+  num_frames = times.shape[1]
+  synth = lambda t: generator.apply(variables, w, z_motion, t, grid, method=Generator.synthesize)
+  if not frames_per_chunk or frames_per_chunk >= num_frames:
+    return synth(times)
+  chunks = math.ceil(num_frames / frames_per_chunk)
+  padded = jnp.pad(times, ((0, 0), (0, chunks * frames_per_chunk - num_frames)), mode="edge")
+  per_chunk = padded.reshape(times.shape[0], chunks, frames_per_chunk).transpose(1, 0, 2)
+  out = jax.lax.map(synth, per_chunk)  # [chunks, B, F, H, W, 3]
+  out = jnp.moveaxis(out, 0, 1).reshape((times.shape[0], chunks * frames_per_chunk) + out.shape[3:])
+  return out[:, :num_frames]
+
+
+def to_uint8(video, mode: str = "round") -> np.ndarray:
+  """[-1, 1] floats -> uint8: 'round' (snapshots, official rint+clip) or 'floor' (FVD, spec D17)."""
+  x = (np.asarray(video, np.float32) + 1.0) * 127.5
+  if mode == "round":
+    x = np.rint(x)
+  elif mode == "floor":
+    x = np.floor(np.clip(x, 0, 255))
+  else:
+    raise ValueError(f"unknown uint8 mode {mode!r} (round or floor)")
+  return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def video_grid(videos: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:
+  """[N, T, H, W, C] -> [T, rows*(H+pad)-pad, cols*(W+pad)-pad, C] grid of videos."""
+  n, t, h, w, c = videos.shape
+  cols = columns or int(math.ceil(math.sqrt(n)))
+  rows = int(math.ceil(n / cols))
+  out = np.zeros((t, rows * (h + pad) - pad, cols * (w + pad) - pad, c), videos.dtype)
+  for i in range(n):
+    r, q = divmod(i, cols)
+    out[:, r * (h + pad): r * (h + pad) + h, q * (w + pad): q * (w + pad) + w] = videos[i]
+  return out
+
+
+def write_video(path: str, frames: np.ndarray, fps: int = 8) -> None:
+  """uint8 [T, H, W, 3] -> .gif or .mp4 (MP4 sides are padded to even sizes for H.264)."""
+  import imageio.v3 as iio
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  if path.endswith(".gif"):
+    iio.imwrite(path, frames, duration=1000.0 / fps, loop=0)
+    return
+  h, w = frames.shape[1:3]
+  frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+  iio.imwrite(path, frames, fps=fps, codec="libx264", plugin="pyav",
+              out_pixel_format="yuv420p")
+
+
+def sample_times(num_frames: int, t_start: float = 0.0, t_end: float = 1.0) -> np.ndarray:
+  """Evenly spaced times; the training convention is frame i <-> t = i / 15 for 16 frames."""
+  if num_frames < 1:
+    raise ValueError("num_frames must be >= 1")
+  return np.linspace(t_start, t_end, num_frames, dtype=np.float32)
+
+
+def sample_to_dir(gcfg, variables, output_dir, *, num_videos=16, num_frames=16, t_start=0.0,
+                  t_end=1.0, seed=42, motion_seed=-1, scale=1, zoom=1.0, fps=8, batch_size=4,
+                  labels=None, frames_per_chunk=16, formats=("mp4", "gif")) -> dict:
+  """Render videos from seeds and write one file per video per format plus a grid."""
+  generator = Generator(gcfg)
+  grid = CoordGrid.zoom_out(zoom, scale) if zoom != 1.0 else CoordGrid.super_resolution(scale)
+  motion_seed = seed + 1 if motion_seed < 0 else motion_seed
+  z_content = latents(seed, num_videos, gcfg.z_dim)
+  z_motion = latents(motion_seed, num_videos, gcfg.motion_dim)
+  if gcfg.c_dim and labels is None:
+    labels = jax.nn.one_hot(jnp.arange(num_videos) % gcfg.c_dim, gcfg.c_dim)
+  times = sample_times(num_frames, t_start, t_end)
+  fn = jax.jit(functools.partial(render, generator, grid=grid, frames_per_chunk=frames_per_chunk))
+  videos = []
+  for i in range(0, num_videos, batch_size):
+    sl = slice(i, min(i + batch_size, num_videos))
+    videos.append(to_uint8(fn(variables, z_content[sl], z_motion[sl], times,
+                              None if labels is None else labels[sl])))
+  videos = np.concatenate(videos)
+  for i, v in enumerate(videos):
+    for fmt in formats:
+      write_video(os.path.join(output_dir, f"video_{i:04d}.{fmt}"), v, fps)
+  for fmt in formats:
+    write_video(os.path.join(output_dir, f"grid.{fmt}"), video_grid(videos), fps)
+  card = dict(num_videos=num_videos, num_frames=num_frames, t_start=t_start, t_end=t_end,
+              seed=seed, motion_seed=motion_seed, scale=scale, zoom=zoom,
+              frame_size=list(videos.shape[2:4]))
+  with open(os.path.join(output_dir, "sampling.json"), "w") as f:
+    json.dump(card, f, indent=1)
+  return {**card, "videos": videos}
+
+
+def render_benchmark(preset: str = "paper", batch_sizes=(1, 8), num_frames: int = 16,
+                     repeats: int = 3, dtype: str = "float32") -> dict:
+  """Seconds per video and frames/s after compilation, fresh-init generator, for the JSON report."""
+  from digan_jax.models.generator import GeneratorConfig
+  gcfg = GeneratorConfig() if preset == "paper" else GeneratorConfig(
+      resolution=32, input_resolution=8, channel_base=1024, channel_max=64, z_dim=64,
+      motion_dim=64, w_dim=64, emb_size=32)
+  g = Generator(gcfg, dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype])
+  variables = jax.jit(g.init)(jax.random.key(0), jnp.zeros((1, gcfg.z_dim)),
+                              jnp.zeros((1, gcfg.motion_dim)), jnp.zeros((1,)))
+  times = sample_times(num_frames)
+  results = {"preset": preset, "resolution": gcfg.resolution, "num_frames": num_frames,
+             "dtype": dtype, "device": str(jax.devices()[0].device_kind),
+             "backend": jax.default_backend(), "jax": jax.__version__, "batches": []}
+  for b in batch_sizes:
+    z = latents(0, b, gcfg.z_dim)
+    zm = latents(1, b, gcfg.motion_dim)
+    fn = jax.jit(functools.partial(render, g))
+    t0 = time.perf_counter()
+    fn(variables, z, zm, times).block_until_ready()
+    compile_s = time.perf_counter() - t0
+    runs = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      fn(variables, z, zm, times).block_until_ready()
+      runs.append(time.perf_counter() - t0)
+    best = min(runs)
+    results["batches"].append(dict(batch=b, first_call_s=round(compile_s, 3),
+                                   seconds_per_call=[round(r, 3) for r in runs],
+                                   seconds_per_video=round(best / b, 3),
+                                   frames_per_s=round(b * num_frames / best, 3)))
+  return results
+
+
+def main(argv=None):
+  import argparse
+  p = argparse.ArgumentParser(prog="python -m digan_jax.sampling", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--checkpoint", required=True, help="checkpoint directory (WORKDIR/checkpoints "
+                 "or an imported official checkpoint)")
+  p.add_argument("--output", required=True, help="directory for the videos")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--num_videos", type=int, default=16)
+  p.add_argument("--num_frames", type=int, default=16)
+  p.add_argument("--t_start", type=float, default=0.0)
+  p.add_argument("--t_end", type=float, default=1.0, help="last time; > 1 extrapolates")
+  p.add_argument("--seed", type=int, default=42, help="content seed")
+  p.add_argument("--motion_seed", type=int, default=-1, help="motion seed (default seed + 1)")
+  p.add_argument("--scale", type=int, default=1, help="super-resolution factor")
+  p.add_argument("--zoom", type=float, default=1.0, help="zoom-out factor (1.5: [-0.25,1.25]^2)")
+  p.add_argument("--fps", type=int, default=8)
+  p.add_argument("--batch_size", type=int, default=4)
+  p.add_argument("--frames_per_chunk", type=int, default=16)
+  args = p.parse_args(argv)
+  from digan_jax import checkpointing
+  try:
+    gcfg, g_ema, step = checkpointing.restore_generator(args.checkpoint, args.step)
+  except FileNotFoundError as e:
+    sys.exit(f"error: {e}")
+  try:
+    card = sample_to_dir(gcfg, g_ema, args.output, num_videos=args.num_videos,
+                         num_frames=args.num_frames, t_start=args.t_start, t_end=args.t_end,
+                         seed=args.seed, motion_seed=args.motion_seed, scale=args.scale,
+                         zoom=args.zoom, fps=args.fps, batch_size=args.batch_size,
+                         frames_per_chunk=args.frames_per_chunk)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  card.pop("videos")
+  print(json.dumps({"checkpoint_step": step, **card}, indent=1))
+
+
+if __name__ == "__main__":
+  main()
