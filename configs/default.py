@@ -48,11 +48,11 @@ def get_config():
   data.eval_split = "train"  # split used for real FVD features
   data.num_frames = 16  # clip length in frames
   data.frame_stride = 1  # stride between the frames of a clip (TaiChi: 4)
-  data.clip_sampling = "windows"  # "windows": uniform over all clips (DIGAN); "videos": StyleGAN-V
-  data.mirror = True  # random horizontal flip of whole clips
-  data.quantized_real_times = True  # real pair times on the frame grid (official, spec D1)
-  data.shuffle_buffer = 1024  # examples in the shuffle buffer
-  data.synthetic_num_videos = 512  # size of the synthetic dataset when it is built on the fly
+  data.clip_hop = 1  # frames between consecutive clip starts (1 = every window, DIGAN)
+  data.clip_sampling = "clips"  # "clips": uniform over all clips (DIGAN); "videos": StyleGAN-V
+  data.mirror = True  # random horizontal flip of whole clips (both frames of a pair)
+  data.synthetic_num_videos = 1024  # train videos of synthetic_videos when main builds it
+  data.synthetic_num_test_videos = 256  # test videos of synthetic_videos when main builds it
 
   # ---- training (spec §5-7) ----
   config.train = train = ml_collections.ConfigDict()

@@ -1,0 +1,10 @@
+"""TaiChi-HD 128 frames (stride 4) with σ_t = 0.5 (paper: long-video model, spec D25)."""
+
+from configs import taichi128
+
+
+def get_config():
+  config = taichi128.get_config()
+  config.data.num_frames = 128
+  config.model.generator.motion_sigma = 0.5
+  return config
