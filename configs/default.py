@@ -88,12 +88,17 @@ def get_config():
   config.keep_checkpoints = 3  # last N checkpoints kept (plus the best by FVD)
   config.sample_every_steps = 2000  # sample grids / videos
   config.eval_every_steps = 5000  # proxy FVD period (0 = off)
+  config.profile = False  # capture a profiler trace of a few early steps (process 0)
 
   # ---- evaluation ----
   config.eval = ev = ml_collections.ConfigDict()
   ev.protocol = "proxy"  # digan | stylegan_v | proxy | tf_reference
   ev.batch_size = 16  # videos per generation/I3D batch (global)
   ev.step = -1  # checkpoint step for --mode=eval (-1 = latest)
+  ev.at_start = False  # also evaluate the initial networks (a baseline for the run)
+  ev.at_end = True  # evaluate after the last step (when evaluation is not off)
+  ev.num_videos = -1  # fake and real videos per FVD (-1 = the protocol's N)
+  ev.num_repeats = -1  # FVD trials averaged (-1 = the protocol's count)
 
   # ---- sampling ----
   config.sample = sample = ml_collections.ConfigDict()

@@ -17,7 +17,7 @@ def get_config():
   d.channel_base = 128
   d.channel_max = 8
   d.mbstd_group_size = 2
-  config.data.name = "synthetic_videos/r16"
+  config.data.name = "synthetic_videos"  # built under WORKDIR/data by main
   config.data.eval_split = "test"
   config.data.synthetic_num_videos = 32
   config.data.synthetic_num_test_videos = 16
@@ -29,6 +29,7 @@ def get_config():
   config.checkpoint_every_steps = 3
   config.sample_every_steps = 0
   config.eval_every_steps = 0
+  config.eval.at_end = False
   config.sample.num_videos = 4
   config.sample.num_frames = 4
   return config

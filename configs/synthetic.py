@@ -16,8 +16,9 @@ def get_config():
   d = config.model.discriminator
   d.channel_base = 2048
   d.channel_max = 64
-  config.data.name = "synthetic_videos/r32"
-  config.data.data_dir = ""  # "" here: main builds the dataset under WORKDIR/data
+  config.data.name = "synthetic_videos"  # built under WORKDIR/data by main
+  config.data.synthetic_num_videos = 1024
+  config.data.synthetic_num_test_videos = 256
   config.data.eval_split = "test"
   config.train.global_batch_size = 16
   config.train.num_steps = 600
@@ -27,6 +28,9 @@ def get_config():
   config.sample_every_steps = 300
   config.eval_every_steps = 0  # FVD at the start and the end (main), not in between
   config.eval.protocol = "proxy"
+  config.eval.at_start = True  # the baseline the demo's final FVD is compared with
+  config.eval.num_videos = 128  # a reduced proxy (I3D at 224^2 is the CPU bottleneck)
+  config.eval.num_repeats = 1
   config.eval.batch_size = 16
   config.sample.num_videos = 16
   return config

@@ -1,0 +1,87 @@
+"""Frame geometry and image coding shared by the prepare CLI and the NumPy pipeline (no TensorFlow).
+
+Spatial preprocessing follows the official loader (spec §9.1): centre crop to the short side (offset
+rounded as torchvision's `center_crop`), then bilinear resize with half-pixel centres
+(PyTorch `F.interpolate(mode='bilinear', align_corners=False)`, no antialias; TF's
+`tf.image.resize(method='bilinear', antialias=False)` is the same map). `lanczos` is PIL's antialiased
+Lanczos, which the official Kinetics-food preprocessing used.
+"""
+
+import functools
+import io
+
+import numpy as np
+from PIL import Image
+
+RESIZE_METHODS = ("bilinear", "lanczos")
+IMAGE_FORMATS = ("png", "jpeg")
+
+
+def center_crop_square(frame):
+  """Crops the central square of side min(H, W) from [H, W, C]."""
+  height, width = frame.shape[:2]
+  side = min(height, width)
+  top = int(round((height - side) / 2.0))
+  left = int(round((width - side) / 2.0))
+  return frame[top:top + side, left:left + side]
+
+
+@functools.lru_cache(maxsize=64)
+def _bilinear_matrix(in_size, out_size):
+  """[out, in] interpolation weights of a half-pixel-centre bilinear resize (align_corners=False)."""
+  scale = in_size / out_size
+  src = np.maximum((np.arange(out_size) + 0.5) * scale - 0.5, 0.0)
+  lower = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+  upper = np.minimum(lower + 1, in_size - 1)
+  frac = src - lower
+  weights = np.zeros((out_size, in_size), np.float32)
+  np.add.at(weights, (np.arange(out_size), lower), 1.0 - frac)
+  np.add.at(weights, (np.arange(out_size), upper), frac)
+  return weights
+
+
+def resize_bilinear(frames, size):
+  """Bilinear resize (no antialias) of [..., H, W, C] to [..., size, size, C], float32."""
+  height, width = frames.shape[-3:-1]
+  frames = frames.astype(np.float32)
+  if (height, width) == (size, size):
+    return frames
+  rows = _bilinear_matrix(height, size)
+  cols = _bilinear_matrix(width, size)
+  return np.einsum("ih,...hwc,jw->...ijc", rows, frames, cols, optimize=True)
+
+
+def to_uint8(frames):
+  return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
+
+
+def crop_and_resize(frame, resolution, method="bilinear"):
+  """uint8 [H, W, 3] -> uint8 [R, R, 3]: centre crop to the short side, then resize."""
+  frame = center_crop_square(frame)
+  if frame.shape[0] == resolution:
+    return np.ascontiguousarray(frame)
+  if method == "bilinear":
+    return to_uint8(resize_bilinear(frame, resolution))
+  if method == "lanczos":
+    return np.asarray(Image.fromarray(frame).resize((resolution, resolution), Image.LANCZOS))
+  raise ValueError(f"Unknown resize method {method!r}; use one of {RESIZE_METHODS}.")
+
+
+def encode_image(frame, image_format="png", jpeg_quality=95):
+  """uint8 [H, W, 3] -> encoded bytes (lossless PNG, or JPEG at `jpeg_quality`)."""
+  buffer = io.BytesIO()
+  image = Image.fromarray(frame)
+  if image_format == "png":
+    # Level 1: a few % larger files than the default, several times faster to write.
+    image.save(buffer, format="PNG", compress_level=1)
+  elif image_format == "jpeg":
+    image.save(buffer, format="JPEG", quality=int(jpeg_quality))
+  else:
+    raise ValueError(f"Unknown image format {image_format!r}; use one of {IMAGE_FORMATS}.")
+  return buffer.getvalue()
+
+
+def decode_image(data):
+  """Encoded PNG/JPEG bytes -> uint8 [H, W, 3]."""
+  with Image.open(io.BytesIO(data)) as image:
+    return np.asarray(image.convert("RGB"))

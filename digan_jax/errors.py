@@ -1,0 +1,5 @@
+"""User-facing errors: a mistake the user can fix, reported as one line that names the fix."""
+
+
+class UserError(Exception):
+  """Bad input (missing data, unknown dataset, bad config value, incompatible workdir, ...)."""

@@ -1,0 +1,67 @@
+"""Entry point: `python -m digan_jax.main --config=configs/X.py --workdir=DIR [--mode=train|eval|sample]`.
+
+Only process setup and dispatch live here: optional `jax.distributed.initialize()`, keeping
+TensorFlow off accelerators, a process/device summary, and one user-facing error line for mistakes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configuration file", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "output directory (local path or gs://)")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "what to run")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _wants_distributed(config) -> bool:
+  if os.environ.get("DIGAN_NO_DISTRIBUTED") == "1":
+    return False
+  env = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
+  return bool(config.distributed) or any(os.environ.get(k) for k in env)
+
+
+class _QuietLibraries:
+  """Drops INFO records of Orbax and TFDS (dozens of lines per checkpoint), keeps warnings."""
+
+  def filter(self, record) -> bool:
+    noisy = ("/orbax/", "/tensorflow_datasets/", "/etils/")
+    return record.levelno >= 30 or not any(n in record.pathname for n in noisy)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  # TF (data pipelines only) must never take accelerator memory from JAX.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import jax  # pylint: disable=g-import-not-at-top
+
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  config = _CONFIG.value
+  if _wants_distributed(config):
+    jax.distributed.initialize()
+  logging.info("JAX %s: process %d/%d, %d local / %d global devices (%s)", jax.__version__,
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count(), jax.devices()[0].device_kind)
+
+  from digan_jax import train  # pylint: disable=g-import-not-at-top
+  from digan_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  try:
+    if _MODE.value == "train":
+      train.train_and_evaluate(config, _WORKDIR.value)
+    elif _MODE.value == "eval":
+      train.evaluate(config, _WORKDIR.value)
+    else:
+      train.sample(config, _WORKDIR.value)
+  except UserError as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)
