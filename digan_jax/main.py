@@ -33,6 +33,23 @@ class _QuietLibraries:
     return record.levelno >= 30 or not any(n in record.pathname for n in noisy)
 
 
+def _initialize_distributed(jax):
+  """jax.distributed.initialize from the environment.
+
+  Cloud TPU, Slurm and Open MPI are detected by JAX itself; launch/local.sh (and any other
+  launcher) sets JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID explicitly.
+  """
+  kwargs = {}
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                  num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                  process_id=int(os.environ["JAX_PROCESS_ID"]))
+  if os.environ.get("JAX_PLATFORMS", "").startswith("cpu"):
+    # Cross-process collectives on CPU (local multi-process runs and tests).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**kwargs)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -43,7 +60,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
   if _wants_distributed(config):
-    jax.distributed.initialize()
+    _initialize_distributed(jax)
   logging.info("JAX %s: process %d/%d, %d local / %d global devices (%s)", jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices()[0].device_kind)

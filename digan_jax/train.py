@@ -45,6 +45,28 @@ def _prepare_workdir(workdir) -> epath.Path:
   return path
 
 
+def write_manifest(workdir: epath.Path, config, mesh) -> dict:
+  """Append this start (git hash, command, config, topology) to WORKDIR/manifest.json."""
+  import subprocess
+  import sys
+  try:
+    git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                         cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+  except (OSError, subprocess.SubprocessError):
+    git = None
+  entry = dict(
+      time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), git_commit=git, command=sys.argv,
+      config=json.loads(config.to_json_best_effort()), jax_version=jax.__version__,
+      backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind,
+      process_count=jax.process_count(), device_count=jax.device_count(),
+      local_device_count=jax.local_device_count(), mesh=dict(mesh.shape))
+  path = workdir / "manifest.json"
+  starts = json.loads(path.read_text()) if path.exists() else []
+  starts.append(entry)
+  path.write_text(json.dumps(starts, indent=1))
+  return entry
+
+
 def total_steps(config) -> int:
   if config.train.num_steps > 0:
     return int(config.train.num_steps)
@@ -233,6 +255,7 @@ def train_and_evaluate(config, workdir) -> dict:
   gcfg, dcfg = factory.generator_config(config.model), factory.discriminator_config(config.model)
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+    write_manifest(workdir, config, mesh)
   data_dir, name = resolve_dataset(config, workdir)
   ckpts = Checkpoints(workdir, config, gcfg, dcfg)
   num_steps = total_steps(config)

@@ -1,0 +1,218 @@
+"""Throughput, latency, memory and MFU measurements, printed as JSON.
+
+Subcommands:
+  train   the training step on in-memory random data: the G, D and R1 phases compiled and timed
+          separately (comparable with the official per-phase numbers) and the fused step (with and
+          without R1), with compile times, XLA cost-analysis FLOPs, peak memory and MFU.
+
+  python -m digan_jax.benchmark train --preset=paper --per_device_batch=4 --steps=3
+
+No TensorFlow import: this runs wherever jax, flax, optax and ml-collections do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+# Dense peak FLOP/s per device by (device-kind substring, dtype). float32 on GPUs counts TF32
+# tensor cores (XLA's default precision for float32 matmuls/convolutions there).
+PEAK_FLOPS = (
+    ("H200", "bfloat16", 989e12), ("H200", "float32", 494e12),
+    ("H100", "bfloat16", 989e12), ("H100", "float32", 494e12),
+    ("A100", "bfloat16", 312e12), ("A100", "float32", 156e12),
+    ("TPU v5 lite", "bfloat16", 197e12), ("TPU v5e", "bfloat16", 197e12),
+    ("TPU v5p", "bfloat16", 459e12), ("TPU v5", "bfloat16", 459e12),
+    ("TPU v4", "bfloat16", 275e12),
+)
+# The official PyTorch code on this project's 2-core CPU (2 threads, fp32, DiffAugment on,
+# paper networks at 128², per-device batch 4), seconds per phase.
+OFFICIAL_CPU_SECONDS = {"g": 51.0, "d": 77.0, "r1": 75.0}
+
+
+def peak_flops(device, dtype: str) -> float | None:
+  kind = device.device_kind
+  for name, dt, flops in PEAK_FLOPS:
+    if name.lower() in kind.lower() and (dt == dtype or device.platform == "tpu"):
+      return flops
+  return None
+
+
+def peak_memory_bytes() -> tuple[int, str]:
+  stats = [d.memory_stats() for d in jax.local_devices()]
+  if all(s and "peak_bytes_in_use" in s for s in stats):
+    return max(s["peak_bytes_in_use"] for s in stats), "device memory_stats peak_bytes_in_use (max over devices)"
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
+
+
+def _flops(compiled) -> float | None:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def _train_config(args):
+  sys.path.insert(0, ".")
+  if args.preset == "paper":
+    from configs import default as preset
+  elif args.preset == "small":
+    from configs import synthetic as preset
+  else:
+    raise ValueError(f"unknown preset {args.preset!r}")
+  config = preset.get_config()
+  config.model.compute_dtype = args.dtype
+  config.train.global_batch_size = args.per_device_batch * jax.device_count()
+  config.train.num_micro_batches = args.num_micro_batches
+  return config
+
+
+def _random_batch(steps, mesh, seed: int = 0):
+  from digan_jax import sharding
+  rng = np.random.default_rng(seed + jax.process_index())
+  n = steps.global_batch // jax.process_count()
+  r = steps.resolution
+  local = {"frames": rng.uniform(-1, 1, (n, 2, r, r, 3)).astype(np.float32),
+           "delta_t": (rng.integers(0, 16, (n,)) / 15).astype(np.float32)}
+  if steps.c_dim:
+    local["label"] = rng.integers(0, steps.c_dim, (n,)).astype(np.int32)
+  return sharding.global_batch_from_local(local, mesh)
+
+
+def _time(fn, state, batch, steps: int, warmup: int, *args):
+  """Compile (timed), warm up, then the mean wall time of `steps` calls; the state is donated."""
+  t0 = time.perf_counter()
+  compiled = fn.lower(state, batch, *args).compile()
+  compile_s = time.perf_counter() - t0
+  for _ in range(warmup):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - t0)
+  return state, dict(compile_s=compile_s, seconds=float(np.mean(times)), seconds_all=times,
+                     flops=_flops(compiled))
+
+
+def train_benchmark(args) -> dict[str, Any]:
+  from digan_jax import sharding, steps as steps_lib
+  config = _train_config(args)
+  mesh = sharding.make_mesh(config.mesh)
+  t0 = time.perf_counter()
+  steps = steps_lib.DiganSteps(config, mesh)
+  state = steps.create_train_state()
+  jax.block_until_ready(state)
+  init_s = time.perf_counter() - t0
+  batch = _random_batch(steps, mesh)
+  r1_every = steps.r1_every
+  out: dict[str, Any] = dict(
+      benchmark="train", preset=args.preset, platform=jax.devices()[0].platform,
+      device_kind=jax.devices()[0].device_kind, num_devices=jax.device_count(),
+      num_processes=jax.process_count(), resolution=steps.resolution, dtype=args.dtype,
+      per_device_batch=args.per_device_batch, global_batch=steps.global_batch,
+      num_micro_batches=steps.num_micro, r1_every=r1_every, init_s=init_s,
+      timed_steps=args.steps, warmup=args.warmup)
+
+  if args.phases:
+    phases = {}
+    for name in ("g", "d", "r1"):
+      state, phases[name] = _time(steps.jit_phase(name), state, batch, args.steps, args.warmup)
+    out["phases"] = phases
+    iteration = phases["g"]["seconds"] + phases["d"]["seconds"] + phases["r1"]["seconds"] / r1_every
+    out["iteration_s_from_phases"] = iteration
+    if None not in (phases[p]["flops"] for p in phases):
+      out["flops_per_iteration_from_phases"] = (phases["g"]["flops"] + phases["d"]["flops"]
+                                                + phases["r1"]["flops"] / r1_every)
+  if args.fused:
+    step_fn = steps.jit_train_step()
+    fused = {}
+    for do_r1 in (False, True):
+      wrapped = _Bound(step_fn, do_r1)
+      state, fused["step_r1" if do_r1 else "step"] = _time(wrapped, state, batch, args.steps,
+                                                           args.warmup)
+    out["fused"] = fused
+    iteration = (fused["step"]["seconds"] * (r1_every - 1) + fused["step_r1"]["seconds"]) / r1_every
+    out["iteration_s"] = iteration
+    if fused["step"]["flops"] is not None and fused["step_r1"]["flops"] is not None:
+      out["flops_per_iteration"] = ((fused["step"]["flops"] * (r1_every - 1)
+                                     + fused["step_r1"]["flops"]) / r1_every)
+  else:
+    out["iteration_s"] = out["iteration_s_from_phases"]
+    if "flops_per_iteration_from_phases" in out:
+      out["flops_per_iteration"] = out["flops_per_iteration_from_phases"]
+
+  it = out["iteration_s"]
+  out["steps_per_sec"] = 1.0 / it
+  out["videos_per_sec"] = steps.global_batch / it
+  out["kimg_per_day"] = steps.global_batch / it * 86400 / 1000
+  # XLA's cost analysis describes the per-device (partitioned) program.
+  peak = peak_flops(jax.devices()[0], args.dtype)
+  out["peak_flops_per_device"] = peak
+  if out.get("flops_per_iteration") and peak:
+    out["mfu"] = out["flops_per_iteration"] / it / peak
+  out["peak_memory_bytes"], out["peak_memory_source"] = peak_memory_bytes()
+  if (args.preset == "paper" and args.per_device_batch == 4 and out["platform"] == "cpu"
+      and "phases" in out):
+    official_it = (OFFICIAL_CPU_SECONDS["g"] + OFFICIAL_CPU_SECONDS["d"]
+                   + OFFICIAL_CPU_SECONDS["r1"] / 16)
+    out["official_cpu_seconds"] = dict(OFFICIAL_CPU_SECONDS, iteration=official_it)
+    out["speedup_vs_official"] = {
+        p: OFFICIAL_CPU_SECONDS[p] / out["phases"][p]["seconds"] for p in OFFICIAL_CPU_SECONDS}
+    out["speedup_vs_official"]["iteration"] = official_it / out["iteration_s"]
+  return out
+
+
+class _Bound:
+  """A jitted step with the static do_r1 bound, exposing .lower(state, batch) like a phase."""
+
+  def __init__(self, fn, do_r1: bool):
+    self.fn, self.do_r1 = fn, do_r1
+
+  def lower(self, state, batch):
+    return self.fn.lower(state, batch, self.do_r1)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog="python -m digan_jax.benchmark", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  train = sub.add_parser("train", help="training-step throughput, per phase and fused")
+  train.add_argument("--preset", choices=("paper", "small"), default="paper",
+                     help="paper: configs/default.py (128², official widths); small: configs/synthetic.py")
+  train.add_argument("--per_device_batch", type=int, default=4)
+  train.add_argument("--num_micro_batches", type=int, default=1)
+  train.add_argument("--steps", type=int, default=3, help="timed calls per phase / step variant")
+  train.add_argument("--warmup", type=int, default=1, help="untimed calls after compilation")
+  train.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  train.add_argument("--phases", action=argparse.BooleanOptionalAction, default=True,
+                     help="time the G, D and R1 phases as separate compiled functions")
+  train.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
+                     help="time the fused step (with and without R1)")
+  train.add_argument("--output", default="", help="also write the JSON to this file")
+  train.set_defaults(run=train_benchmark)
+
+  # Further subcommands (render, eval, ...) are added here with their own parser and `run`.
+
+  args = parser.parse_args(argv)
+  result = args.run(args)
+  text = json.dumps(result, indent=2, default=float)
+  print(text)
+  if getattr(args, "output", ""):
+    with open(args.output, "w") as f:
+      f.write(text + "\n")
+  return result
+
+
+if __name__ == "__main__":
+  main()

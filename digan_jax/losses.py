@@ -1,0 +1,99 @@
+"""DIGAN's objectives (spec §6-7): non-saturating logistic losses, R1, EMA decay, Adam settings.
+
+Pure functions of logits, of discriminator callables and of numbers; the step functions in
+`steps.py` wire them to the networks. Class-conditional training needs nothing special here: the
+discriminator callables close over the labels (projection head, spec §3.4) and the losses are the
+same.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from digan_jax.models.discriminator import split_frames
+
+
+def _mean(x):
+  return jnp.mean(x.astype(jnp.float32))
+
+
+def generator_loss(fake_motion_logits, fake_image_logits):
+  """L_G = mean_B softplus(-D_M(fake)) + mean_2B softplus(-D_I(fake frames))."""
+  return _mean(jax.nn.softplus(-fake_motion_logits)) + _mean(jax.nn.softplus(-fake_image_logits))
+
+
+def discriminator_loss(real_motion_logits, real_image_logits, fake_motion_logits, fake_image_logits):
+  """L_D: softplus(D(fake)) + softplus(-D(real)) for both discriminators, each a batch mean."""
+  return (_mean(jax.nn.softplus(fake_motion_logits)) + _mean(jax.nn.softplus(fake_image_logits))
+          + _mean(jax.nn.softplus(-real_motion_logits)) + _mean(jax.nn.softplus(-real_image_logits)))
+
+
+def _squared_norm_per_sample(g):
+  return jnp.sum(jnp.square(g.astype(jnp.float32)).reshape(g.shape[0], -1), axis=1)
+
+
+def r1_penalties(motion_fn: Callable, image_fn: Callable, real7, augment_fn: Callable):
+  """Mean squared input-gradient norms of both discriminators on the real batch (spec §6, D8).
+
+  motion_fn: x7 [B, H, W, 7] -> [B, 1]; image_fn: frames [2B, H, W, 3] -> [2B, 1];
+  augment_fn: x7 -> augmented x7 with fixed randomness (identity when augmentation is off).
+  D_M's gradient is taken w.r.t. the un-augmented 7-channel input (through the augmentation,
+  Δt plane included); D_I's w.r.t. the augmented frames it actually sees.
+  Returns (penalty_motion, penalty_image, motion_logits, image_logits).
+  """
+  def motion_sum(x7):
+    aug7 = augment_fn(x7)
+    logits = motion_fn(aug7)
+    return jnp.sum(logits.astype(jnp.float32)), (aug7, logits)
+
+  grad7, (aug7, motion_logits) = jax.grad(motion_sum, has_aux=True)(real7)
+  frames = split_frames(jax.lax.stop_gradient(aug7))
+
+  def image_sum(frames):
+    logits = image_fn(frames)
+    return jnp.sum(logits.astype(jnp.float32)), logits
+
+  grad_frames, image_logits = jax.grad(image_sum, has_aux=True)(frames)
+  penalty_motion = jnp.mean(_squared_norm_per_sample(grad7))
+  penalty_image = jnp.mean(_squared_norm_per_sample(grad_frames))
+  return penalty_motion, penalty_image, motion_logits, image_logits
+
+
+def r1_loss(penalty_motion, penalty_image, gamma: float):
+  """(γ/2)·(mean_B ‖∇D_M‖² + mean_2B ‖∇D_I‖²), before the lazy-regularisation gain."""
+  return 0.5 * gamma * (penalty_motion + penalty_image)
+
+
+def ema_beta(step, global_batch: int, ema_kimg: float, ema_rampup: float | None):
+  """Official G_ema decay at iteration `step` (spec §7.3): β = 0.5^(batch / ema_nimg).
+
+  ema_nimg = min(ema_kimg·1000, cur_nimg·rampup) with cur_nimg = step·batch before the update,
+  so β = 0 (a copy) at step 0 and 0.5^(batch / (ema_kimg·1000)) once the ramp is over.
+  """
+  ema_nimg = jnp.asarray(ema_kimg * 1000.0, jnp.float32)
+  if ema_rampup:
+    cur_nimg = jnp.asarray(step, jnp.float32) * global_batch
+    ema_nimg = jnp.minimum(ema_nimg, cur_nimg * ema_rampup)
+  return jnp.power(0.5, global_batch / jnp.maximum(ema_nimg, 1e-8))
+
+
+def adam_hparams(train_config) -> dict[str, dict[str, float]]:
+  """Effective Adam settings with the lazy-regularisation correction (spec §7.1, D10).
+
+  ratio = interval / (interval + 1); lr·ratio, β1^ratio, β2^ratio; ε unchanged. The G correction
+  applies although path-length regularisation is off, as in the official code.
+  """
+  out = {}
+  for name, interval in (("g", train_config.g_reg_interval), ("d", train_config.d_reg_interval)):
+    ratio = interval / (interval + 1) if interval and interval > 0 else 1.0
+    out[name] = dict(learning_rate=train_config.base_lr * ratio, b1=train_config.beta1 ** ratio,
+                     b2=train_config.beta2 ** ratio, eps=train_config.eps)
+  return out
+
+
+def sanitize_grads(grads):
+  """Official non-finite gradient handling before every optimiser step: nan→0, ±inf→±1e5."""
+  return jax.tree.map(lambda g: jnp.nan_to_num(g, nan=0.0, posinf=1e5, neginf=-1e5), grads)
