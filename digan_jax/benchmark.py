@@ -5,9 +5,18 @@ Subcommands:
           separately (comparable with the official per-phase numbers) and the fused step (with and
           without R1), with compile times, XLA cost-analysis FLOPs, peak memory and MFU.
 
-  python -m digan_jax.benchmark train --preset=paper --per_device_batch=4 --steps=3
+  render  generator rendering (one jitted call per batch of whole videos): seconds per video and
+          frames/s after compilation, paper or small generator, float32 or bfloat16.
+  i3d     the Flax I3D forward pass of FVD: clips/s and GFLOPs per clip at 224x224.
+  data    input pipelines: synthetic dataset build time and size, tf.data and NumPy clips/s.
 
-No TensorFlow import: this runs wherever jax, flax, optax and ml-collections do.
+  python -m digan_jax.benchmark train --preset=paper --per_device_batch=4 --steps=3
+  python -m digan_jax.benchmark render --preset=paper --batch_sizes=1,8
+  python -m digan_jax.benchmark i3d --batch_size=4
+  python -m digan_jax.benchmark data --resolution=128 --num_videos=1000
+
+Only `data` imports TensorFlow (and only for its tf.data half; --no-tf skips it): the others run
+wherever jax, flax, optax and ml-collections do.
 """
 
 from __future__ import annotations
@@ -172,6 +181,36 @@ def train_benchmark(args) -> dict[str, Any]:
   return out
 
 
+def render_benchmark(args) -> dict[str, Any]:
+  from digan_jax import sampling  # pylint: disable=g-import-not-at-top
+  sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b)
+  out = sampling.render_benchmark(args.preset, batch_sizes=sizes, num_frames=args.num_frames,
+                                  repeats=args.repeats, dtype=args.dtype)
+  out["peak_memory_bytes"], out["peak_memory_source"] = peak_memory_bytes()
+  return out
+
+
+def i3d_benchmark(args) -> dict[str, Any]:
+  from digan_jax.evaluation import i3d  # pylint: disable=g-import-not-at-top
+  out = i3d.bench_i3d(batch_size=args.batch_size, num_frames=args.num_frames, iters=args.iters,
+                      precision=args.precision)
+  flops = out["gflops_per_clip"] * 1e9 * out["clips_per_sec"]
+  peak = peak_flops(jax.devices()[0], "float32")
+  out["achieved_tflops"] = flops / 1e12
+  out["mfu"] = flops / peak if peak else None
+  out["jax"] = jax.__version__
+  out["peak_memory_bytes"], out["peak_memory_source"] = peak_memory_bytes()
+  return out
+
+
+def data_benchmark(args) -> dict[str, Any]:
+  from digan_jax.data import bench  # pylint: disable=g-import-not-at-top
+  return bench.bench_pipeline(data_dir=args.data_dir, resolution=args.resolution,
+                              num_videos=args.num_videos, batch_size=args.batch_size,
+                              num_steps=args.num_steps, include_tf=args.tf,
+                              keep=args.data_dir is not None)
+
+
 class _Bound:
   """A jitted step with the static do_r1 bound, exposing .lower(state, batch) like a phase."""
 
@@ -202,7 +241,33 @@ def main(argv=None):
   train.add_argument("--output", default="", help="also write the JSON to this file")
   train.set_defaults(run=train_benchmark)
 
-  # Further subcommands (render, eval, ...) are added here with their own parser and `run`.
+  render = sub.add_parser("render", help="generator rendering: seconds per video, frames/s")
+  render.add_argument("--preset", choices=("paper", "small"), default="paper")
+  render.add_argument("--batch_sizes", default="1,8", help="comma-separated videos per call")
+  render.add_argument("--num_frames", type=int, default=16)
+  render.add_argument("--repeats", type=int, default=3)
+  render.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  render.add_argument("--output", default="")
+  render.set_defaults(run=render_benchmark)
+
+  i3d = sub.add_parser("i3d", help="I3D forward throughput (FVD features)")
+  i3d.add_argument("--batch_size", type=int, default=4)
+  i3d.add_argument("--num_frames", type=int, default=16)
+  i3d.add_argument("--iters", type=int, default=3)
+  i3d.add_argument("--precision", choices=("highest", "default"), default="highest")
+  i3d.add_argument("--output", default="")
+  i3d.set_defaults(run=i3d_benchmark)
+
+  data = sub.add_parser("data", help="dataset build and input-pipeline throughput")
+  data.add_argument("--resolution", type=int, default=128)
+  data.add_argument("--num_videos", type=int, default=1000)
+  data.add_argument("--batch_size", type=int, default=64)
+  data.add_argument("--num_steps", type=int, default=30)
+  data.add_argument("--data_dir", default=None, help="build here and keep (default: a temp dir)")
+  data.add_argument("--tf", action=argparse.BooleanOptionalAction, default=True,
+                    help="also build a TFDS-layout dataset and time the tf.data pipeline")
+  data.add_argument("--output", default="")
+  data.set_defaults(run=data_benchmark)
 
   args = parser.parse_args(argv)
   result = args.run(args)

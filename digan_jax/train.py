@@ -279,7 +279,8 @@ def train_and_evaluate(config, workdir) -> dict:
                                            every_steps=config.log_every_steps)]
   if config.profile and jax.process_index() == 0:
     hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=os.fspath(workdir)))
-  evaluator = _Evaluator(config, workdir, data_dir, name, mesh) if _eval_enabled(config) else None
+  evaluator = (_Evaluator(config, workdir, data_dir, name, mesh, gcfg) if _eval_enabled(config)
+               else None)
   if evaluator is not None and start == 0 and config.eval.at_start:
     _evaluate_and_record(evaluator, ckpts, writer, 0, state)
   preempt = PreemptionFlag(config.log_every_steps)
@@ -327,22 +328,44 @@ def _eval_enabled(config) -> bool:
 
 
 class _Evaluator:
-  """Proxy FVD during training, with real features computed once per run (and cached)."""
+  """FVD/KVD of the EMA generator under config.eval, real features computed once (and cached).
 
-  def __init__(self, config, workdir, data_dir, name, mesh):
+  config.eval.num_videos / num_repeats (> 0) scale the protocol down; the result card records it.
+  Results go to WORKDIR/eval/<step>.json, real features to WORKDIR/eval/real_cache/.
+  """
+
+  def __init__(self, config, workdir, data_dir, name, mesh, gcfg):
+    from digan_jax.data import storage  # pylint: disable=g-import-not-at-top
     from digan_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
-    self.config, self.workdir, self.mesh = config, workdir, mesh
-    self.data_dir, self.name = data_dir, name
-    self.module = evaluator
+    from digan_jax.models.generator import Generator  # pylint: disable=g-import-not-at-top
+    ev = config.eval
+    overrides = {}
+    if ev.num_videos > 0:
+      overrides.update(num_fake=int(ev.num_videos), num_real=int(ev.num_videos))
+    if ev.num_repeats > 0:
+      overrides["num_trials"] = int(ev.num_repeats)
+    try:
+      self.protocol = evaluator.get_protocol(ev.protocol, **overrides)
+      self.real = evaluator.clip_source_from_dataset(
+          data_dir, name, config.data.eval_split, self.protocol, resolution=gcfg.resolution,
+          batch_size=ev.batch_size)
+    except (ValueError, storage.DatasetNotFoundError, FileNotFoundError) as e:
+      raise UserError(f"evaluation: {e}") from e
+    self.module, self.mesh, self.batch_size = evaluator, mesh, int(ev.batch_size)
+    self.out_dir = workdir / "eval"
+    self.generator = Generator(gcfg)  # one instance: its compiled graph is reused across calls
 
-  def __call__(self, state, step: int) -> dict:
-    return self.module.evaluate_training_state(
-        self.config, state.g_ema, step=step, data_dir=self.data_dir, dataset_name=self.name,
-        out_dir=os.fspath(self.workdir / "eval"), mesh=self.mesh)
+  def __call__(self, g_ema, step: int) -> dict:
+    result = self.module.evaluate(
+        self.generator, g_ema, self.protocol, self.real, step=step, mesh=self.mesh,
+        batch_size=self.batch_size, cache_dir=os.fspath(self.out_dir / "real_cache"),
+        progress=False)
+    self.module.record_result(os.fspath(self.out_dir), step, result)
+    return result
 
 
 def _evaluate_and_record(evaluator, ckpts, writer, step, state) -> dict:
-  result = evaluator(state, step)
+  result = evaluator(state.g_ema, step)
   scalars = {"eval/fvd": result["fvd"], "eval/kvd": result.get("kvd", float("nan"))}
   writer.write_scalars(step, scalars)
   logging.info("step %d: FVD %.2f (%s)", step, result["fvd"], result.get("protocol"))
@@ -372,19 +395,23 @@ def write_samples(config, workdir, state, step: int, writer=None):
 
 
 def evaluate(config, workdir) -> dict:
-  """--mode=eval: FVD of a checkpoint's EMA generator, written to eval/<step>.json."""
-  from digan_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
+  """--mode=eval: FVD of a checkpoint's EMA generator, added to WORKDIR/eval/<step>.json."""
   workdir = epath.Path(workdir)
-  step = None if config.eval.step < 0 else config.eval.step
+  step = None if config.eval.step < 0 else int(config.eval.step)
   try:
     gcfg, g_ema, step = checkpointing.restore_generator(workdir / "checkpoints", step)
   except FileNotFoundError as e:
     raise UserError(f"{e}; train first or point --workdir at a run") from e
   data_dir, name = resolve_dataset(config, _prepare_workdir(workdir))
-  mesh = sharding.make_mesh(config.mesh)
-  return evaluator.evaluate_training_state(
-      config, g_ema, step=step, data_dir=data_dir, dataset_name=name,
-      out_dir=os.fspath(workdir / "eval"), mesh=mesh, gcfg=gcfg)
+  try:
+    mesh = sharding.make_mesh(config.mesh)
+  except ValueError as e:
+    raise UserError(str(e)) from e
+  result = _Evaluator(config, workdir, data_dir, name, mesh, gcfg)(g_ema, step)
+  logging.info("step %d: FVD %.2f +- %.2f, KVD %.2f (%s, %d vs %d clips, %d trials)", step,
+               result["fvd"], result["fvd_std"], result["kvd"], result["protocol"],
+               result["card"]["num_fake"], result["card"]["num_real"], result["card"]["num_trials"])
+  return result
 
 
 def sample(config, workdir):

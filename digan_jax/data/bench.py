@@ -59,10 +59,3 @@ def bench_pipeline(data_dir=None, resolution=128, num_videos=1000, batch_size=64
       shutil.rmtree(data_dir, ignore_errors=True)
   return result
 
-
-if __name__ == "__main__":
-  import json  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  kwargs = dict(arg.lstrip("-").split("=") for arg in sys.argv[1:])
-  kwargs = {k: (int(v) if v.isdigit() else v) for k, v in kwargs.items()}
-  print(json.dumps(bench_pipeline(**kwargs), indent=2))

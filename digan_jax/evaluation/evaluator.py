@@ -718,16 +718,26 @@ def evaluate_checkpoint(workdir_or_ckpt_dir, protocol_name: str, real_clips,
   result = evaluate(gcfg, g_ema, protocol, real_clips, dataset_fingerprint=dataset_fingerprint,
                     step=step, **kwargs)
   result["checkpoint"] = str(ckpt_dir)
-  if jax.process_index() == 0:
-    path = out_dir / f"{step}.json"
-    record = {"step": step, "results": {}}
-    if path.is_file():
-      try:
-        with open(path) as f:
-          record = json.load(f)
-      except (OSError, json.JSONDecodeError):
-        pass  # a damaged file is replaced, never merged into
-    record.setdefault("results", {})[protocol.name] = result
-    record["step"] = step
-    _write_json_atomic(path, record)
+  record_result(out_dir, step, result)
   return result
+
+
+def record_result(out_dir, step: int, result: Mapping[str, Any]) -> pathlib.Path:
+  """Adds `result` to <out_dir>/<step>.json ({"step": s, "results": {protocol: result}}), atomically.
+
+  Several protocols of one step live side by side; only process 0 writes.
+  """
+  path = pathlib.Path(out_dir) / f"{step}.json"
+  if jax.process_index() != 0:
+    return path
+  record = {"step": step, "results": {}}
+  if path.is_file():
+    try:
+      with open(path) as f:
+        record = json.load(f)
+    except (OSError, json.JSONDecodeError):
+      pass  # a damaged file is replaced, never merged into
+  record.setdefault("results", {})[result["protocol"]] = dict(result)
+  record["step"] = step
+  _write_json_atomic(path, record)
+  return path
