@@ -71,7 +71,24 @@ def restore_generator(directory, step: int | None = None):
     raise FileNotFoundError(f"step {step} not in {directory} (available: {sorted(steps)})")
   card = mngr.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))["model"]
   gcfg, _ = configs_from_card(card)
-  restored = mngr.restore(step, args=ocp.args.Composite(g_ema=ocp.args.StandardRestore()))
   mngr.close()
-  g_ema = jax.tree.map(np.asarray, restored["g_ema"])
-  return gcfg, g_ema, step
+  return gcfg, restore_numpy(directory, step, "g_ema"), step
+
+
+def restore_numpy(directory, step: int, item: str):
+  """One array item of a step as a tree of host NumPy arrays, whatever topology saved it.
+
+  A plain restore re-creates the saved shardings and fails on another topology (a checkpoint of a
+  pod slice or of 2 processes, read on one machine); a NumPy target reads every array whole.
+  """
+  handlers = {name: ocp.StandardCheckpointHandler() for name in ("state", "g_ema", "g", "d", item)}
+  handlers["model"] = ocp.JsonCheckpointHandler()
+  mngr = ocp.CheckpointManager(epath.Path(directory), item_handlers=handlers)
+  try:
+    metadata = mngr.item_metadata(step)[item]
+    tree = getattr(metadata, "tree", metadata)
+    target = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), tree)
+    out = mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)}))
+  finally:
+    mngr.close()
+  return jax.tree.map(np.asarray, out[item])

@@ -1,6 +1,7 @@
 """End-to-end trainer: exact resume after preemption, checkpoint safety, and one-line user errors."""
 
 import importlib
+import json
 import os
 import pathlib
 import signal
@@ -92,6 +93,21 @@ def test_preempted_run_resumes_to_identical_parameters(uninterrupted, data_dir, 
   assert int(resumed["step"]) == NUM_STEPS
   for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(reference)):
     np.testing.assert_array_equal(a, b)  # bitwise on CPU
+
+
+def test_eval_mode_adds_fvd_of_the_latest_checkpoint(uninterrupted, data_dir):
+  workdir, _ = uninterrupted
+  config = _smoke(data_dir)
+  config.eval.num_videos, config.eval.num_repeats, config.eval.batch_size = 8, 2, 8
+  first = train.evaluate(config, workdir)
+  record = json.loads((workdir / "eval" / f"{NUM_STEPS}.json").read_text())
+  assert record["step"] == NUM_STEPS and set(record["results"]) == {"proxy"}
+  result = record["results"]["proxy"]
+  assert result["card"]["overrides"] == {"num_fake": 8, "num_real": 8, "num_trials": 2}
+  assert len(result["fvd_trials"]) == 2 and result["fvd"] > 0 and np.isfinite(result["kvd"])
+  assert not result["real_cache_hit"]
+  again = train.evaluate(config, workdir)  # reals from the cache, same fakes: the same number
+  assert again["real_cache_hit"] and again["fvd"] == first["fvd"]
 
 
 def test_unfinished_checkpoint_is_ignored_on_resume(uninterrupted, data_dir, tmp_path):
