@@ -10,6 +10,7 @@ alone. Steps written by the official-weight importer also hold `g` and `d`; trai
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import jax
@@ -35,8 +36,14 @@ def configs_from_card(card: dict[str, Any]) -> tuple[GeneratorConfig, Discrimina
   return gcfg, dcfg
 
 
+def as_path(path) -> epath.Path:
+  """An epath for `path`; local paths made absolute (Orbax refuses relative checkpoint paths)."""
+  text = str(path)
+  return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
 def manager(directory, max_to_keep: int | None = None, create: bool = True) -> ocp.CheckpointManager:
-  directory = epath.Path(directory)
+  directory = as_path(directory)
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
   return ocp.CheckpointManager(directory, options=options)
 
@@ -54,12 +61,12 @@ def save_networks(directory, step: int, *, g, g_ema, d, gcfg: GeneratorConfig,
   mngr.save(step, args=ocp.args.Composite(**items))
   mngr.wait_until_finished()
   mngr.close()
-  return epath.Path(directory) / str(step)
+  return as_path(directory) / str(step)
 
 
 def restore_generator(directory, step: int | None = None):
   """(GeneratorConfig, EMA generator variables as NumPy, step) from a checkpoint directory."""
-  directory = epath.Path(directory)
+  directory = as_path(directory)
   if not directory.exists():
     raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
   mngr = manager(directory, create=False)
@@ -83,7 +90,7 @@ def restore_numpy(directory, step: int, item: str):
   """
   handlers = {name: ocp.StandardCheckpointHandler() for name in ("state", "g_ema", "g", "d", item)}
   handlers["model"] = ocp.JsonCheckpointHandler()
-  mngr = ocp.CheckpointManager(epath.Path(directory), item_handlers=handlers)
+  mngr = ocp.CheckpointManager(as_path(directory), item_handlers=handlers)
   try:
     metadata = mngr.item_metadata(step)[item]
     tree = getattr(metadata, "tree", metadata)

@@ -33,7 +33,7 @@ _BATCH_KEYS = ("frames", "delta_t")
 
 
 def _prepare_workdir(workdir) -> epath.Path:
-  path = epath.Path(workdir)
+  path = checkpointing.as_path(workdir)
   try:
     path.mkdir(parents=True, exist_ok=True)
     probe = path / f".write_test_{jax.process_index()}"
@@ -396,7 +396,7 @@ def write_samples(config, workdir, state, step: int, writer=None):
 
 def evaluate(config, workdir) -> dict:
   """--mode=eval: FVD of a checkpoint's EMA generator, added to WORKDIR/eval/<step>.json."""
-  workdir = epath.Path(workdir)
+  workdir = checkpointing.as_path(workdir)
   step = None if config.eval.step < 0 else int(config.eval.step)
   try:
     gcfg, g_ema, step = checkpointing.restore_generator(workdir / "checkpoints", step)
@@ -417,7 +417,7 @@ def evaluate(config, workdir) -> dict:
 def sample(config, workdir):
   """--mode=sample: videos from the latest checkpoint's EMA generator per config.sample."""
   from digan_jax import sampling  # pylint: disable=g-import-not-at-top
-  workdir = epath.Path(workdir)
+  workdir = checkpointing.as_path(workdir)
   try:
     gcfg, g_ema, step = checkpointing.restore_generator(workdir / "checkpoints")
   except FileNotFoundError as e:

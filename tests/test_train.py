@@ -110,9 +110,10 @@ def test_eval_mode_adds_fvd_of_the_latest_checkpoint(uninterrupted, data_dir):
   assert again["real_cache_hit"] and again["fvd"] == first["fvd"]
 
 
-def test_unfinished_checkpoint_is_ignored_on_resume(uninterrupted, data_dir, tmp_path):
+def test_unfinished_checkpoint_is_ignored_on_resume(uninterrupted, data_dir, tmp_path, monkeypatch):
   """A process killed mid-save leaves only an Orbax tmp dir, which must never be restored."""
-  workdir = tmp_path / "killed"
+  monkeypatch.chdir(tmp_path)
+  workdir = pathlib.Path("killed")  # relative, as users type it (Orbax itself needs absolute paths)
   config = _smoke(data_dir, num_steps=3)
   train.train_and_evaluate(config, workdir)
   junk = workdir / "checkpoints" / "6.orbax-checkpoint-tmp-1234"
