@@ -112,19 +112,71 @@ class Conv2d(nn.Module):
     if self.down == 1:
       pad = k // 2
       x = _conv(x, weight, 1, pad, self.dtype)
-    elif k == 1:
-      # 1x1 with down: pad 1, FIR, subsample, then the 1x1 conv (cheaper order, same result).
-      x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-      x = fir_downsample_valid(x, self.down)
-      x = _conv(x, weight, 1, 0, self.dtype)
+    elif self.down == 2 and jax.default_backend() == "cpu":
+      # CPU only: the slow path it avoids is XLA:CPU's, and it was only measured there; on GPU/TPU
+      # the patch tensor (9/4 of the input) would add memory traffic that convs do not have.
+      x = down2_conv_patches(x, weight, self.dtype)
     else:
-      # kxk with down: pad k//2 + 1 each side, FIR (valid), strided conv without padding.
-      p = k // 2 + 1
-      x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-      x = fir_downsample_valid(x, 1)
-      x = _conv(x, weight, self.down, 0, self.dtype)
+      x = down_conv_fir(x, weight, self.down, self.dtype)
     bias = self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else None
     return bias_act(x, bias, self.activation, gain=gain, clamp=self.conv_clamp)
+
+
+def down_conv_fir(x, weight, down: int, dtype):
+  """FIR downsampling conv of spec §1.3 (pad, [1,3,3,1] FIR, strided conv) as XLA convolutions."""
+  k = weight.shape[0]
+  if k == 1:
+    # 1x1 with down: pad 1, FIR, subsample, then the 1x1 conv (cheaper order, same result).
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    x = fir_downsample_valid(x, down)
+    return _conv(x, weight, 1, 0, dtype)
+  # kxk with down: pad k//2 + 1 each side, FIR (valid), strided conv without padding.
+  p = k // 2 + 1
+  x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  x = fir_downsample_valid(x, 1)
+  return _conv(x, weight, down, 0, dtype)
+
+
+def _fir_phases(even, odd, axis: int):
+  """Valid [1,3,3,1] FIR of the signal interleaving `even` and `odd`, split the same way."""
+  def fir(parts):
+    n = min(a.shape[axis] - s for a, s in parts)
+    return sum(float(f) * jax.lax.slice_in_dim(a, s, s + n, axis=axis)
+               for f, (a, s) in zip(FIR_1D, parts))
+  return (fir(((even, 0), (odd, 0), (even, 1), (odd, 1))),
+          fir(((odd, 0), (even, 1), (odd, 1), (even, 2))))
+
+
+def down2_conv_patches(x, weight, dtype):
+  """`down_conv_fir` with down=2 as polyphase FIR, patch gather and one matmul (for XLA:CPU).
+
+  R1 differentiates the input gradient of every strided conv again. XLA:CPU rewrites the weight
+  gradient of the transposed conv in there (its "kernel" is the full-resolution image) into a
+  window-reversed conv that has no fast CPU kernel (~60x slower than this formulation for a
+  128x128x256 -> 64x64x512 layer). Splitting the padded input into its 2x2 polyphase components
+  makes the FIR and the stride-2 taps plain slices at the output resolution and leaves no conv to
+  differentiate; the matmul is also faster than the strided conv forward and backward on CPU.
+  Equal to `down_conv_fir` up to float32 rounding.
+  """
+  k = weight.shape[0]
+  n, h, w, c = x.shape
+  p = k // 2 + 1
+  out_h = (h + 2 * p - 3 - k) // 2 + 1
+  out_w = (w + 2 * p - 3 - k) // 2 + 1
+  # An even padded size splits into equal phases; the extra zero row/column is never read.
+  x = jnp.pad(x, ((0, 0), (p, p + h % 2), (p, p + w % 2), (0, 0)))
+  z = [[x[:, dy::2, dx::2] for dx in range(2)] for dy in range(2)]
+  for dx in range(2):
+    z[0][dx], z[1][dx] = _fir_phases(z[0][dx], z[1][dx], 1)
+  for dy in range(2):
+    z[dy][0], z[dy][1] = _fir_phases(z[dy][0], z[dy][1], 2)
+  # The conv reads FIR pixel (2i + ky, 2j + kx) = z[ky % 2][kx % 2][i + ky // 2, j + kx // 2];
+  # taps in HWIO order so that the kernel flattens to [k * k * c, out].
+  cols = jnp.concatenate(
+      [z[ky % 2][kx % 2][:, ky // 2:ky // 2 + out_h, kx // 2:kx // 2 + out_w].astype(dtype)
+       for ky in range(k) for kx in range(k)], axis=-1)
+  y = matmul(cols.reshape(-1, k * k * c), weight.reshape(k * k * c, -1), dtype)
+  return y.reshape(n, out_h, out_w, -1)
 
 
 def _conv(x, weight, stride: int, pad: int, dtype):
