@@ -185,7 +185,8 @@ def render_benchmark(args) -> dict[str, Any]:
   from digan_jax import sampling  # pylint: disable=g-import-not-at-top
   sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b)
   out = sampling.render_benchmark(args.preset, batch_sizes=sizes, num_frames=args.num_frames,
-                                  repeats=args.repeats, dtype=args.dtype)
+                                  repeats=args.repeats, dtype=args.dtype,
+                                  frames_per_chunk=args.frames_per_chunk)
   out["peak_memory_bytes"], out["peak_memory_source"] = peak_memory_bytes()
   return out
 
@@ -247,6 +248,9 @@ def main(argv=None):
   render.add_argument("--num_frames", type=int, default=16)
   render.add_argument("--repeats", type=int, default=3)
   render.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  render.add_argument("--frames_per_chunk", type=int, default=4,
+                      help="frames of every video rendered per lax.map step (0: all at once); "
+                           "small chunks keep activations in cache on CPU")
   render.add_argument("--output", default="")
   render.set_defaults(run=render_benchmark)
 

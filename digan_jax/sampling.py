@@ -132,7 +132,8 @@ def sample_to_dir(gcfg, variables, output_dir, *, num_videos=16, num_frames=16, 
 
 
 def render_benchmark(preset: str = "paper", batch_sizes=(1, 8), num_frames: int = 16,
-                     repeats: int = 3, dtype: str = "float32") -> dict:
+                     repeats: int = 3, dtype: str = "float32",
+                     frames_per_chunk: int | None = 4) -> dict:
   """Seconds per video and frames/s after compilation, fresh-init generator, for the JSON report."""
   from digan_jax.models.generator import GeneratorConfig
   gcfg = GeneratorConfig() if preset == "paper" else GeneratorConfig(
@@ -143,12 +144,13 @@ def render_benchmark(preset: str = "paper", batch_sizes=(1, 8), num_frames: int 
                               jnp.zeros((1, gcfg.motion_dim)), jnp.zeros((1,)))
   times = sample_times(num_frames)
   results = {"preset": preset, "resolution": gcfg.resolution, "num_frames": num_frames,
-             "dtype": dtype, "device": str(jax.devices()[0].device_kind),
+             "dtype": dtype, "frames_per_chunk": frames_per_chunk or num_frames,
+             "device": str(jax.devices()[0].device_kind),
              "backend": jax.default_backend(), "jax": jax.__version__, "batches": []}
   for b in batch_sizes:
     z = latents(0, b, gcfg.z_dim)
     zm = latents(1, b, gcfg.motion_dim)
-    fn = jax.jit(functools.partial(render, g))
+    fn = jax.jit(functools.partial(render, g, frames_per_chunk=frames_per_chunk))
     t0 = time.perf_counter()
     fn(variables, z, zm, times).block_until_ready()
     compile_s = time.perf_counter() - t0
