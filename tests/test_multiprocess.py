@@ -106,8 +106,24 @@ def test_trainer_through_local_launcher_matches_one_process(tmp_path):
   result = record["results"]["proxy"]
   assert result["environment"]["processes"] == 2 and np.isfinite(result["fvd"])
 
+  def flat(params):
+    return np.concatenate([np.asarray(x, np.float64).ravel()
+                           for k in ("g_params", "g_ema", "d_params") for x in jax.tree.leaves(params[k])])
+
+  # Before the resume the two topologies differ only by all-reduce order: tight.
+  at3 = np.abs(flat(_restore_params(workdir / "checkpoints", 3)) -
+               flat(_restore_params(ref_dir / "checkpoints", 3))).max()
   ours, ref = _restore_params(workdir / "checkpoints", 6), _restore_params(ref_dir / "checkpoints", 6)
   assert int(ours["step"]) == int(ref["step"]) == 6
-  diff = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)))
-  print(f"max |param(2 processes, resumed) - param(1 process)| = {diff:.3g}")
-  assert diff < 5e-5
+  diff = np.abs(flat(ours) - flat(ref))
+  change = np.abs(flat(ref) - flat(_restore_params(ref_dir / "checkpoints", 3)))
+  print(f"max |param(2 processes) - param(1 process)|: step 3 {at3:.3g}, step 6 (resumed) "
+        f"{diff.max():.3g}; step 6 mean diff / mean change over steps 3-6 = "
+        f"{diff.mean() / change.mean():.3g}")
+  assert at3 < 1e-5
+  # Adam with beta1 = 0 normalises every gradient element, so rounding differences in elements near
+  # zero become update differences of order lr, and the GAN feeds them back (measured at step 6:
+  # 4.8e-7 with jax 0.10, 1.0e-4 with jax 0.12, where the mean difference was 5e-4 of the mean
+  # change). A wrong shard, latent or resumed RNG/optimiser state moves parameters by about the
+  # change itself (ratio ~1).
+  assert diff.max() < 1e-3 and diff.mean() < 1e-2 * change.mean()

@@ -54,6 +54,15 @@ def _tf_options(tf, ds):
   return ds.with_options(options)
 
 
+def _batched_numpy(tf, indices, fetch, decode, batch_size, prefetch):
+  """indices -> fetch (a batch of encoded examples per index) -> decode -> fixed batches."""
+  ds = indices.map(fetch, num_parallel_calls=2, deterministic=True)
+  ds = ds.unbatch()
+  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  return _tf_options(tf, ds).prefetch(prefetch).as_numpy_iterator()
+
+
 def make_train_iterator(data_dir, name, split, batch_size_per_process, num_frames=16, resolution=None,
                         seed=0, start_step=0, process_index=0, process_count=1, *, frame_stride=1,
                         clip_hop=1, policy="clips", random_flip=True, prefetch=2, dataset=None):
@@ -109,13 +118,8 @@ def make_train_iterator(data_dir, name, split, batch_size_per_process, num_frame
     example["frames"] = frames / 127.5 - 1.0
     return example
 
-  ds = tf.data.Dataset.range(start_step, 2**62)
-  ds = ds.map(fetch, num_parallel_calls=2, deterministic=True)
-  ds = ds.unbatch()
-  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(batch_size_per_process, drop_remainder=True)
-  ds = _tf_options(tf, ds).prefetch(prefetch)
-  return ds.as_numpy_iterator()
+  return _batched_numpy(tf, tf.data.Dataset.range(start_step, 2**62), fetch, decode,
+                        batch_size_per_process, prefetch)
 
 
 def make_eval_iterator(data_dir, name, split, batch_size_per_process, num_frames=16, resolution=None,
@@ -162,13 +166,8 @@ def make_eval_iterator(data_dir, name, split, batch_size_per_process, num_frames
 
   if dtype not in ("float32", "uint8"):
     raise ValueError(f"dtype must be 'float32' or 'uint8', got {dtype!r}")
-  ds = tf.data.Dataset.range(len(plans))
-  ds = ds.map(fetch, num_parallel_calls=2, deterministic=True)
-  ds = ds.unbatch()
-  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(batch_size_per_process, drop_remainder=True)
-  ds = _tf_options(tf, ds).prefetch(prefetch)
-  return ds.as_numpy_iterator()
+  return _batched_numpy(tf, tf.data.Dataset.range(len(plans)), fetch, decode,
+                        batch_size_per_process, prefetch)
 
 
 # ----------------------------------------------------------------------------------------------
