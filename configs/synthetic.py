@@ -21,7 +21,7 @@ def get_config():
   config.data.synthetic_num_test_videos = 256
   config.data.eval_split = "test"
   config.train.global_batch_size = 16
-  config.train.num_steps = 500  # ~6 min on a 2-core CPU
+  config.train.num_steps = 500  # ~3.5 min of training on a 2-core CPU (measured 2.35 steps/s)
   config.train.ema_kimg = 0.5  # half-life scaled to the short run
   config.log_every_steps = 25
   config.checkpoint_every_steps = 250
