@@ -177,6 +177,8 @@ def test_cricket_all_79_frames(i3d_variables, cricket):
   assert logits.shape == (400,)
   labels = i3d.kinetics_labels()
   order = np.argsort(-logits)
+  print(f"measured: cricket 79 frames top-1 logit {logits[order[0]]:.4f}, "
+        f"norm {np.linalg.norm(logits):.4f}")
   assert labels[order[0]] == "playing cricket"
   assert [labels[i] for i in order[1:3]] == ["robot dancing", "pumping fist"]
   assert logits[order[0]] == pytest.approx(17.640, abs=0.02)
@@ -187,6 +189,7 @@ def test_cricket_all_79_frames(i3d_variables, cricket):
 
 def test_cricket_first_16_frames(i3d_variables, cricket):
   logits = i3d.i3d_features(i3d_variables, cricket[None, :16], batch_size=1)[0]
+  print(f"measured: cricket first 16 frames norm {np.linalg.norm(logits):.4f}")
   assert np.linalg.norm(logits) == pytest.approx(73.752, abs=0.1)
   assert i3d.kinetics_labels()[int(np.argmax(logits))] == "playing cricket"
   assert logits.max() == pytest.approx(14.947, abs=0.02)
@@ -234,3 +237,20 @@ def test_cli_reports_unreadable_file(tmp_path, capsys):
   bad.write_bytes(b"not a video")
   assert i3d.main([str(bad)]) == 1
   assert "could not decode" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shape,kernel,strides", [
+    ((2, 9, 23, 20, 3), (7, 7, 7), (2, 2, 2)),   # the stem, odd sizes: uneven SAME padding
+    ((2, 5, 12, 12, 8), (3, 3, 3), (1, 1, 1)),
+    ((1, 4, 9, 9, 4), (3, 3, 3), (2, 1, 1)),
+    ((1, 4, 9, 9, 4), (1, 1, 1), (1, 1, 1)),
+])
+def test_conv3d_same_matches_xla_3d_conv(shape, kernel, strides):
+  x = jax.random.normal(jax.random.key(0), shape)
+  w = jax.random.normal(jax.random.key(1), kernel + (shape[-1], 6)) / math.sqrt(np.prod(kernel))
+  got = i3d.conv3d_same(x, w, strides, "highest")
+  want = jax.lax.conv_general_dilated(x, w, strides, "SAME",
+                                      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+                                      precision="highest")
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
