@@ -27,16 +27,23 @@ def center_crop_square(frame):
 
 
 @functools.lru_cache(maxsize=64)
-def _bilinear_matrix(in_size, out_size):
-  """[out, in] interpolation weights of a half-pixel-centre bilinear resize (align_corners=False)."""
+def bilinear_matrix(in_size: int, out_size: int, half_pixel: bool = True) -> np.ndarray:
+  """[out, in] bilinear weights (no antialias), float32; at most two non-zeros per row.
+
+  half_pixel=True: PyTorch align_corners=False / jax.image / TF2, src = (dst + 0.5) * in/out - 0.5
+  clamped at 0. False: TF1 legacy resize_bilinear (the official FVD code), src = dst * in/out.
+  """
   scale = in_size / out_size
-  src = np.maximum((np.arange(out_size) + 0.5) * scale - 0.5, 0.0)
-  lower = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-  upper = np.minimum(lower + 1, in_size - 1)
-  frac = src - lower
-  weights = np.zeros((out_size, in_size), np.float32)
-  np.add.at(weights, (np.arange(out_size), lower), 1.0 - frac)
-  np.add.at(weights, (np.arange(out_size), upper), frac)
+  dst = np.arange(out_size, dtype=np.float64)
+  src = np.maximum((dst + 0.5) * scale - 0.5, 0.0) if half_pixel else dst * scale
+  lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+  hi = np.minimum(lo + 1, in_size - 1)
+  frac = src - lo
+  weights = np.zeros((out_size, in_size), np.float64)
+  np.add.at(weights, (np.arange(out_size), lo), 1.0 - frac)
+  np.add.at(weights, (np.arange(out_size), hi), frac)
+  weights = weights.astype(np.float32)
+  weights.flags.writeable = False  # cached and shared
   return weights
 
 
@@ -46,8 +53,8 @@ def resize_bilinear(frames, size):
   frames = frames.astype(np.float32)
   if (height, width) == (size, size):
     return frames
-  rows = _bilinear_matrix(height, size)
-  cols = _bilinear_matrix(width, size)
+  rows = bilinear_matrix(height, size)
+  cols = bilinear_matrix(width, size)
   return np.einsum("ih,...hwc,jw->...ijc", rows, frames, cols, optimize=True)
 
 

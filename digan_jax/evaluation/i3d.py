@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from digan_jax.data import image_ops
+
 NUM_CLASSES = 400
 INPUT_SIZE = 224
 # The pooling chain halves time three times and ends in a VALID window of 2 frames: fewer than 9
@@ -411,26 +413,6 @@ def i3d_features(variables, videos, *, batch_size: int = 16,
 # ----------------------------------------------------------------------------------------------
 # Preprocessing (pure jnp; videos are [..., H, W, C]).
 
-def _interpolation_matrix(in_size: int, out_size: int, half_pixel: bool) -> np.ndarray:
-  """[out, in] bilinear weights; one row per output pixel, at most two non-zeros."""
-  scale = in_size / out_size
-  dst = np.arange(out_size, dtype=np.float64)
-  if half_pixel:
-    # PyTorch align_corners=False / jax.image: src = (dst + 0.5) * in/out - 0.5, clamped at 0.
-    src = np.maximum((dst + 0.5) * scale - 0.5, 0.0)
-  else:
-    # TF1 legacy resize_bilinear (align_corners=False, half_pixel_centers=False):
-    # src = dst * in/out.
-    src = dst * scale
-  lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-  hi = np.minimum(lo + 1, in_size - 1)
-  frac = src - lo
-  weights = np.zeros((out_size, in_size), np.float64)
-  np.add.at(weights, (np.arange(out_size), lo), 1.0 - frac)
-  np.add.at(weights, (np.arange(out_size), hi), frac)
-  return weights.astype(np.float32)
-
-
 def bilinear_resize(videos, height: int, width: int, *, half_pixel: bool = True):
   """Bilinear resize of the H, W axes of [..., H, W, C], without antialiasing.
 
@@ -439,8 +421,8 @@ def bilinear_resize(videos, height: int, width: int, *, half_pixel: bool = True)
   """
   videos = jnp.asarray(videos, jnp.float32)
   in_h, in_w = videos.shape[-3], videos.shape[-2]
-  rows = jnp.asarray(_interpolation_matrix(in_h, height, half_pixel))
-  cols = jnp.asarray(_interpolation_matrix(in_w, width, half_pixel))
+  rows = jnp.asarray(image_ops.bilinear_matrix(in_h, height, half_pixel))
+  cols = jnp.asarray(image_ops.bilinear_matrix(in_w, width, half_pixel))
   hp = jax.lax.Precision.HIGHEST
   out = jnp.einsum("oh,...hwc->...owc", rows, videos, precision=hp)
   return jnp.einsum("pw,...owc->...opc", cols, out, precision=hp)
