@@ -53,6 +53,7 @@ def test_mapping(fixture, generator, psi, key):
   ref = fixture["arrays"][key]
   assert ref.shape[1] == fixture["gcfg"].num_ws
   ws = np.broadcast_to(np.asarray(w)[:, None], ref.shape)
+  print(f"measured: {key} max abs error {np.abs(ws - ref).max():.3g}")
   np.testing.assert_allclose(ws, ref, rtol=0, atol=VIDEO_ATOL)
 
 
@@ -65,6 +66,7 @@ def test_video(fixture, generator, name):
                              fixture["labels"])
   ref = a[f"out/video_{name}"]
   err = np.abs(_nchw_video(video) - ref).max()
+  print(f"measured: video_{name} max abs error {err:.3g}")
   assert err < VIDEO_ATOL, f"max abs error {err}"
 
 
@@ -75,6 +77,9 @@ def test_discriminator_logits(fixture):
   x7 = a["in/d_input"].transpose(0, 2, 3, 1)
   with jax.default_matmul_precision("highest"):
     motion, image = jax.jit(d.apply)(variables, x7, fixture["labels"])
+  for got, key in ((motion, "out/d_motion_logits"), (image, "out/d_image_logits")):
+    rel = np.abs(np.asarray(got) - a[key]).max() / np.abs(a[key]).max()
+    print(f"measured: {key} max error / max |logit| {rel:.3g}")
   np.testing.assert_allclose(np.asarray(motion), a["out/d_motion_logits"], rtol=LOGIT_RTOL, atol=0)
   np.testing.assert_allclose(np.asarray(image), a["out/d_image_logits"], rtol=LOGIT_RTOL, atol=0)
 
