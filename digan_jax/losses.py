@@ -20,15 +20,30 @@ def _mean(x):
   return jnp.mean(x.astype(jnp.float32))
 
 
+def generator_loss_terms(fake_motion_logits, fake_image_logits) -> dict[str, jax.Array]:
+  """The official Gmain terms: mean_B softplus(-D_M(fake)) and mean_2B softplus(-D_I(fake frames))."""
+  return {"G_motion": _mean(jax.nn.softplus(-fake_motion_logits)),
+          "G_image": _mean(jax.nn.softplus(-fake_image_logits))}
+
+
 def generator_loss(fake_motion_logits, fake_image_logits):
-  """L_G = mean_B softplus(-D_M(fake)) + mean_2B softplus(-D_I(fake frames))."""
-  return _mean(jax.nn.softplus(-fake_motion_logits)) + _mean(jax.nn.softplus(-fake_image_logits))
+  """L_G, the sum of `generator_loss_terms`."""
+  return sum(generator_loss_terms(fake_motion_logits, fake_image_logits).values())
+
+
+def discriminator_loss_terms(real_motion_logits, real_image_logits, fake_motion_logits,
+                             fake_image_logits) -> dict[str, jax.Array]:
+  """The official Dmain terms: softplus(D(fake)) and softplus(-D(real)) per D, each a batch mean."""
+  return {"D_motion_fake": _mean(jax.nn.softplus(fake_motion_logits)),
+          "D_image_fake": _mean(jax.nn.softplus(fake_image_logits)),
+          "D_motion_real": _mean(jax.nn.softplus(-real_motion_logits)),
+          "D_image_real": _mean(jax.nn.softplus(-real_image_logits))}
 
 
 def discriminator_loss(real_motion_logits, real_image_logits, fake_motion_logits, fake_image_logits):
-  """L_D: softplus(D(fake)) + softplus(-D(real)) for both discriminators, each a batch mean."""
-  return (_mean(jax.nn.softplus(fake_motion_logits)) + _mean(jax.nn.softplus(fake_image_logits))
-          + _mean(jax.nn.softplus(-real_motion_logits)) + _mean(jax.nn.softplus(-real_image_logits)))
+  """L_D, the sum of `discriminator_loss_terms`."""
+  return sum(discriminator_loss_terms(real_motion_logits, real_image_logits, fake_motion_logits,
+                                      fake_image_logits).values())
 
 
 def _squared_norm_per_sample(g):
@@ -36,13 +51,15 @@ def _squared_norm_per_sample(g):
 
 
 def r1_penalties(motion_fn: Callable, image_fn: Callable, real7, augment_fn: Callable):
-  """Mean squared input-gradient norms of both discriminators on the real batch (spec §6, D8).
+  """Squared input-gradient norms of both discriminators on the real batch (spec §6, D8).
 
   motion_fn: x7 [B, H, W, 7] -> [B, 1]; image_fn: frames [2B, H, W, 3] -> [2B, 1];
   augment_fn: x7 -> augmented x7 with fixed randomness (identity when augmentation is off).
   D_M's gradient is taken w.r.t. the un-augmented 7-channel input (through the augmentation,
   Δt plane included); D_I's w.r.t. the augmented frames it actually sees.
-  Returns (penalty_motion, penalty_image, motion_logits, image_logits).
+  Returns a dict: `penalty_motion` [B] and `penalty_image` [2B] (per sample, before γ/2), the
+  logits, the input gradients `grad_motion` [B, H, W, 7] and `grad_image` [2B, H, W, 3], and
+  `d_input` (the augmented x7).
   """
   def motion_sum(x7):
     aug7 = augment_fn(x7)
@@ -57,9 +74,10 @@ def r1_penalties(motion_fn: Callable, image_fn: Callable, real7, augment_fn: Cal
     return jnp.sum(logits.astype(jnp.float32)), logits
 
   grad_frames, image_logits = jax.grad(image_sum, has_aux=True)(frames)
-  penalty_motion = jnp.mean(_squared_norm_per_sample(grad7))
-  penalty_image = jnp.mean(_squared_norm_per_sample(grad_frames))
-  return penalty_motion, penalty_image, motion_logits, image_logits
+  return {"penalty_motion": _squared_norm_per_sample(grad7),
+          "penalty_image": _squared_norm_per_sample(grad_frames),
+          "motion_logits": motion_logits, "image_logits": image_logits,
+          "grad_motion": grad7, "grad_image": grad_frames, "d_input": aug7}
 
 
 def r1_loss(penalty_motion, penalty_image, gamma: float):

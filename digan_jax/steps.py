@@ -6,6 +6,11 @@ state, loss x r1_every), EMA update of G. Each phase is also available on its ow
 `d_phase`, `r1_phase`, `ema_phase`) so the benchmark can time them; `train_step` composes them, and
 `jit_train_step` compiles exactly two variants (static `do_r1`) with the state donated.
 
+Replay: each phase is `<phase>_inputs` (draw every random value), `<phase>_grads` (gradients,
+loss terms and per-video outputs for given inputs) and `apply_grads` (nan_to_num, Adam); the
+trainer runs exactly these with its own draws, and tests/test_train_parity.py runs them with the
+draws recorded from the official code.
+
 Randomness: every phase draws its latents, fake times and augmentation from
 fold_in(fold_in(state.rng, step), phase), for the whole global batch, sharded like the batch
 (threefry is partitionable, so the values do not depend on the device count).
@@ -46,6 +51,28 @@ class TrainState:
   g_opt_state: Any
   d_opt_state: Any
   rng: jax.Array  # raw uint32 key; per-step keys are fold_in(rng, step)
+
+
+@flax.struct.dataclass
+class PhaseResult:
+  """What a phase computed, before its optimiser step.
+
+  grads: gradients of the phase's network (G for 'g', the D pair for 'd' and 'r1'), before the
+  official nan_to_num. terms: the loss terms as scalars (names as in the official loss; 'total' is
+  the back-propagated scalar, lazy-regularisation gain included). per_video: per-video outputs in
+  global batch order, image-D quantities as [B, 2, ...] (frames t_lo, t_hi). g_stats: the
+  generator's w_avg after the phase's generator call (None for R1).
+  """
+  phase: str = flax.struct.field(pytree_node=False)
+  grads: Any = None
+  terms: dict[str, jax.Array] = None
+  per_video: dict[str, jax.Array] = None
+  g_stats: Any = None
+
+
+def _per_video(x):
+  """[2B, ...] image-D rows in (b t) order -> [B, 2, ...]."""
+  return x.reshape((-1, 2) + x.shape[1:])
 
 
 class DiganSteps:
@@ -116,6 +143,28 @@ class DiganSteps:
                    compiler_options=self.compiler_options)
     return init(jax.random.PRNGKey(seed))
 
+  def init_from(self, g_variables, d_variables, seed: int | None = None) -> TrainState:
+    """A train state starting from given networks (e.g. imported official weights), fresh Adam.
+
+    g_variables: {'params', 'stats'} of the generator; d_variables: {'params'} of the
+    discriminator pair (what `official.convert_*` return). G_ema starts as a copy of G.
+    """
+    seed = self.seed if seed is None else seed
+    g_params = jax.tree.map(jnp.asarray, g_variables["params"])
+    g_stats = jax.tree.map(jnp.asarray, g_variables["stats"])
+    d_params = jax.tree.map(jnp.asarray, d_variables["params"])
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32), g_params=g_params, g_stats=g_stats,
+        g_ema={"params": g_params, "stats": g_stats}, d_params=d_params,
+        g_opt_state=self.g_tx.init(g_params), d_opt_state=self.d_tx.init(d_params),
+        rng=jax.random.split(jax.random.PRNGKey(seed), 3)[2])
+    expected = jax.tree.map(lambda x: (x.shape, x.dtype), jax.eval_shape(self.init, jax.random.PRNGKey(0)))
+    got = jax.tree.map(lambda x: (x.shape, x.dtype), jax.eval_shape(lambda: state))
+    if expected != got:
+      raise ValueError("the given networks do not match this config's parameter shapes; build the "
+                       "config from the weights (official.configs_from_meta / infer_configs)")
+    return jax.device_put(state, self.state_shardings)
+
   # ---- helpers ----
 
   def _constrain(self, tree, leading: int = 0):
@@ -132,17 +181,16 @@ class DiganSteps:
   def _aug_params(self, key, n: int):
     return augment.sample_params(key, n, self.resolution, self.policy, self.translation, self.cutout)
 
-  def _fake_inputs(self, key, n: int) -> dict[str, Any]:
+  def _fake_draws(self, key, n: int) -> dict[str, Any]:
     """Latents, sorted Beta(2,1)/Beta(1,2) times and augmentation for n fake videos (spec §4)."""
     k_z, k_m, k_a, k_b, k_aug = jax.random.split(key, 5)
     # Exact inverse-CDF draws: Beta(2,1) has CDF t^2, Beta(1,2) has CDF 1 - (1 - t)^2.
     t_a = jnp.sqrt(jax.random.uniform(k_a, (n,)))
     t_b = 1.0 - jnp.sqrt(jax.random.uniform(k_b, (n,)))
     times = jnp.stack([jnp.minimum(t_a, t_b), jnp.maximum(t_a, t_b)], axis=1)
-    return self._constrain(dict(
-        z_content=jax.random.normal(k_z, (n, self.gcfg.z_dim)),
-        z_motion=jax.random.normal(k_m, (n, self.gcfg.motion_dim)),
-        times=times, aug_fake=self._aug_params(k_aug, n)))
+    return dict(z_content=jax.random.normal(k_z, (n, self.gcfg.z_dim)),
+                z_motion=jax.random.normal(k_m, (n, self.gcfg.motion_dim)),
+                times=times, aug_fake=self._aug_params(k_aug, n))
 
   def _labels(self, batch):
     """One-hot class labels [B, c_dim] for a conditional model (None otherwise)."""
@@ -162,28 +210,37 @@ class DiganSteps:
     frames = frames.astype(jnp.float32)
     return pack_pair(frames[:, 0], frames[:, 1], batch["delta_t"].astype(jnp.float32))
 
-  def _render_pair7(self, g_params, g_stats, mb):
-    """Fake motion-D inputs [n, H, W, 7] from the generator (w_avg updated, as in training)."""
+  def render_pair7(self, g_params, g_stats, z_content, z_motion, times, labels=None):
+    """Fake motion-D inputs [n, H, W, 7] at per-video times [n, 2], and the updated w_avg stats.
+
+    As in training, the mapping's w_avg is updated by this call (official training mode).
+    """
     frames, mutated = self.generator.apply(
-        {"params": g_params, "stats": g_stats}, mb["z_content"], mb["z_motion"], mb["times"],
-        labels=mb.get("labels"), update_w_avg=True, mutable=["stats"])
-    times = mb["times"]
+        {"params": g_params, "stats": g_stats}, z_content, z_motion, times,
+        labels=labels, update_w_avg=True, mutable=["stats"])
     return pack_pair(frames[:, 0], frames[:, 1], times[:, 1] - times[:, 0]), mutated["stats"]
 
+  def d_input(self, x7, aug_params):
+    """What the discriminators see: DiffAugment of x7 (both frames alike, Δt plane untouched)."""
+    return augment.apply_pair7(x7, aug_params, self.policy, self.cutout)
+
   def _d_logits(self, d_params, x7, aug_params, labels):
-    aug7 = augment.apply_pair7(x7, aug_params, self.policy, self.cutout)
-    return self.discriminator.apply({"params": d_params}, aug7, labels)
+    aug7 = self.d_input(x7, aug_params)
+    motion, image = self.discriminator.apply({"params": d_params}, aug7, labels)
+    return motion, image, aug7
 
   def _accumulate(self, fn, params, inputs):
-    """Mean over micro-batches of value_and_grad(fn, has_aux=True); aux must be linear in the batch.
+    """value_and_grad of fn over the micro-batches; returns a PhaseResult without the phase name.
 
-    Returns (loss, aux, grads). With one micro-batch this is plain value_and_grad.
+    fn(params, mb) -> (loss, (terms, per_video, g_stats)): terms (scalar means) and g_stats must be
+    linear in the batch and are averaged over micro-batches; per_video arrays have the videos of
+    the micro-batch as leading dimension and are put back into global batch order.
     """
     grad_fn = jax.value_and_grad(fn, has_aux=True)
     k = self.num_micro
     if k == 1:
-      (loss, aux), grads = grad_fn(params, inputs)
-      return loss, aux, grads
+      (_, (terms, per_video, g_stats)), grads = grad_fn(params, inputs)
+      return grads, terms, per_video, g_stats
     n = self.global_batch
     # Strided split: micro-batch m = rows m, m + k, m + 2k, ... (see the module docstring).
     micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape((n // k, k) + x.shape[1:]), 0, 1), inputs)
@@ -191,92 +248,177 @@ class DiganSteps:
 
     def body(carry, mb):
       mb = self._constrain(mb)
-      (loss, aux), grads = grad_fn(params, mb)
-      return jax.tree.map(jnp.add, carry, (loss, aux, grads)), None
+      (_, (terms, per_video, g_stats)), grads = grad_fn(params, mb)
+      carry = jax.tree.map(jnp.add, carry, (grads, terms, g_stats))
+      return carry, per_video
 
     first = jax.tree.map(lambda x: x[0], micro)
-    shapes = jax.eval_shape(lambda p, mb: (lambda r: (r[0][0], r[0][1], r[1]))(grad_fn(p, mb)),
+    shapes = jax.eval_shape(lambda p, mb: (lambda r: (r[1], r[0][1][0], r[0][1][2]))(grad_fn(p, mb)),
                             params, first)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    total, _ = jax.lax.scan(body, zeros, micro)
-    return jax.tree.map(lambda x: x / k, total)
+    total, per_video = jax.lax.scan(body, zeros, micro)
+    grads, terms, g_stats = jax.tree.map(lambda x: x / k, total)
+    # per_video[m, j] is global row j * k + m.
+    per_video = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape((n,) + x.shape[2:]), per_video)
+    return grads, terms, per_video, g_stats
 
-  # ---- phases ----
+  # ---- replayable phases ----
+  #
+  # Each phase is split in three public parts: `<phase>_inputs` draws every random value of the
+  # phase from (state.rng, state.step); `<phase>_grads` computes the gradients and loss terms for
+  # given inputs (so any draw, e.g. one recorded from the official code, can be replayed);
+  # `<phase>_phase` applies the optimiser step. Training calls `<phase>_phase` with inputs=None,
+  # i.e. exactly these functions with its own draws.
+  #
+  # Inputs (leading dimension: the global batch of videos):
+  #   z_content [B, z_dim], z_motion [B, motion_dim], times [B, 2] (t_lo <= t_hi) of the fakes;
+  #   aug_fake / aug_real: DiffAugment parameters per pass (augment.sample_params' layout);
+  #   labels [B, c_dim] (fake labels, one-hot) and real_labels [B, c_dim] for a conditional model.
 
-  def g_phase(self, state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
-    """Gmain: one Adam step of G on L_G (D frozen)."""
-    inputs = self._fake_inputs(self._phase_key(state, PHASE_G), self.global_batch)
+  def g_inputs(self, state: TrainState, batch) -> dict[str, Any]:
+    inputs = self._fake_draws(self._phase_key(state, PHASE_G), self.global_batch)
     labels = self._labels(batch)
     if labels is not None:
       # The official code draws fake labels from the training set's labels; the real batch's
       # labels are such a draw (and keep every micro-batch's fake/real label mix identical).
       inputs["labels"] = labels
+    return inputs
+
+  def d_inputs(self, state: TrainState, batch) -> dict[str, Any]:
+    k_fake, k_real = jax.random.split(self._phase_key(state, PHASE_D))
+    inputs = self._fake_draws(k_fake, self.global_batch)
+    inputs["aug_real"] = self._aug_params(k_real, self.global_batch)
+    labels = self._labels(batch)
+    if labels is not None:
+      inputs["labels"] = inputs["real_labels"] = labels
+    return inputs
+
+  def r1_inputs(self, state: TrainState, batch) -> dict[str, Any]:
+    inputs = {"aug_real": self._aug_params(self._phase_key(state, PHASE_R1), self.global_batch)}
+    labels = self._labels(batch)
+    if labels is not None:
+      inputs["real_labels"] = labels
+    return inputs
+
+  def _check_inputs(self, inputs, required):
+    missing = [k for k in required if k not in inputs]
+    if missing:
+      raise ValueError(f"phase inputs lack {missing}; draw them with the phase's *_inputs method")
+    return self._constrain(dict(inputs))
+
+  def g_grads(self, state: TrainState, batch, inputs, details: bool = False) -> PhaseResult:
+    """Gmain gradients of G (D frozen) for given inputs. `batch` is unused (kept for symmetry)."""
+    del batch
+    need = ["z_content", "z_motion", "times", "aug_fake"] + (["labels"] if self.c_dim else [])
+    inputs = self._check_inputs(inputs, need)
 
     def loss_fn(g_params, mb):
-      fake7, stats = self._render_pair7(g_params, state.g_stats, mb)
-      motion_logits, image_logits = self._d_logits(state.d_params, fake7, mb["aug_fake"],
-                                                   mb.get("labels"))
-      return losses.generator_loss(motion_logits, image_logits), stats
+      fake7, stats = self.render_pair7(g_params, state.g_stats, mb["z_content"], mb["z_motion"],
+                                       mb["times"], mb.get("labels"))
+      motion, image, aug7 = self._d_logits(state.d_params, fake7, mb["aug_fake"], mb.get("labels"))
+      terms = losses.generator_loss_terms(motion, image)
+      loss = sum(terms.values())
+      per_video = {"fake/motion_logits": motion, "fake/image_logits": _per_video(image)}
+      if details:
+        per_video.update({"fake7": fake7, "fake/d_input": aug7})
+      return loss, ({**terms, "total": loss}, per_video, stats)
 
-    loss, g_stats, grads = self._accumulate(loss_fn, state.g_params, inputs)
-    updates, g_opt_state = self.g_tx.update(losses.sanitize_grads(grads), state.g_opt_state,
-                                            state.g_params)
-    state = state.replace(g_params=optax.apply_updates(state.g_params, updates), g_stats=g_stats,
-                          g_opt_state=g_opt_state)
-    return state, {"train/loss_g": loss, "train/grad_norm_g": optax.tree.norm(grads)}
+    return PhaseResult("g", *self._accumulate(loss_fn, state.g_params, inputs))
 
-  def d_phase(self, state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
-    """Dmain: one Adam step of both discriminators on L_D, fakes from the current (updated) G."""
-    key = self._phase_key(state, PHASE_D)
-    k_fake, k_real = jax.random.split(key)
-    inputs = self._fake_inputs(k_fake, self.global_batch)
-    inputs["real7"] = self._real7(batch)
-    inputs["aug_real"] = self._constrain(self._aug_params(k_real, self.global_batch))
-    labels = self._labels(batch)
-    if labels is not None:
-      inputs["labels"] = labels
+  def d_grads(self, state: TrainState, batch, inputs, details: bool = False) -> PhaseResult:
+    """Dmain gradients of both discriminators; fakes from state's G (no gradient into G)."""
+    need = ["z_content", "z_motion", "times", "aug_fake", "aug_real"]
+    need += ["labels", "real_labels"] if self.c_dim else []
+    inputs = self._check_inputs(inputs, need)
+    inputs["real7"] = self._constrain(self._real7(batch))
 
     def loss_fn(d_params, mb):
-      fake7, stats = self._render_pair7(state.g_params, state.g_stats, mb)
+      fake7, stats = self.render_pair7(state.g_params, state.g_stats, mb["z_content"],
+                                       mb["z_motion"], mb["times"], mb.get("labels"))
       fake7 = jax.lax.stop_gradient(fake7)
-      fake_m, fake_i = self._d_logits(d_params, fake7, mb["aug_fake"], mb.get("labels"))
-      real_m, real_i = self._d_logits(d_params, mb["real7"], mb["aug_real"], mb.get("labels"))
-      loss = losses.discriminator_loss(real_m, real_i, fake_m, fake_i)
-      logits = {"train/dm_real_logit": jnp.mean(real_m), "train/dm_fake_logit": jnp.mean(fake_m),
-                "train/di_real_logit": jnp.mean(real_i), "train/di_fake_logit": jnp.mean(fake_i)}
-      return loss, (stats, logits)
+      # Separate calls for fakes and reals: minibatch-std groups never mix them (official).
+      fake_m, fake_i, fake_aug = self._d_logits(d_params, fake7, mb["aug_fake"], mb.get("labels"))
+      real_m, real_i, real_aug = self._d_logits(d_params, mb["real7"], mb["aug_real"],
+                                                mb.get("real_labels"))
+      terms = losses.discriminator_loss_terms(real_m, real_i, fake_m, fake_i)
+      terms["total_fake_part"] = terms["D_motion_fake"] + terms["D_image_fake"]
+      terms["total_real_part"] = terms["D_motion_real"] + terms["D_image_real"]
+      loss = terms["total_fake_part"] + terms["total_real_part"]
+      per_video = {"fake/motion_logits": fake_m, "fake/image_logits": _per_video(fake_i),
+                   "real/motion_logits": real_m, "real/image_logits": _per_video(real_i)}
+      if details:
+        per_video.update({"fake7": fake7, "fake/d_input": fake_aug, "real/d_input": real_aug})
+      return loss, ({**terms, "total": loss}, per_video, stats)
 
-    loss, (g_stats, logits), grads = self._accumulate(loss_fn, state.d_params, inputs)
-    updates, d_opt_state = self.d_tx.update(losses.sanitize_grads(grads), state.d_opt_state,
-                                            state.d_params)
-    state = state.replace(d_params=optax.apply_updates(state.d_params, updates), g_stats=g_stats,
-                          d_opt_state=d_opt_state)
-    return state, {"train/loss_d": loss, "train/grad_norm_d": optax.tree.norm(grads), **logits}
+    return PhaseResult("d", *self._accumulate(loss_fn, state.d_params, inputs))
 
-  def r1_phase(self, state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
-    """Dreg: one Adam step of D on r1_every x R1 (real batch, fresh augmentation)."""
-    inputs = {"real7": self._real7(batch),
-              "aug_real": self._constrain(
-                  self._aug_params(self._phase_key(state, PHASE_R1), self.global_batch))}
-    labels = self._labels(batch)
-    if labels is not None:
-      inputs["labels"] = labels
+  def r1_grads(self, state: TrainState, batch, inputs, details: bool = False) -> PhaseResult:
+    """Dreg gradients: r1_every x (γ/2)(mean_B ‖∇D_M‖² + mean_2B ‖∇D_I‖²) on the real batch."""
+    inputs = self._check_inputs(inputs, ["aug_real"] + (["real_labels"] if self.c_dim else []))
+    inputs["real7"] = self._constrain(self._real7(batch))
 
     def loss_fn(d_params, mb):
-      lab = mb.get("labels")
+      lab = mb.get("real_labels")
       apply = lambda x, method: self.discriminator.apply({"params": d_params}, x, lab, method=method)
-      penalty_m, penalty_i, _, _ = losses.r1_penalties(
+      r1 = losses.r1_penalties(
           lambda x7: apply(x7, "motion"), lambda frames: apply(frames, "image"), mb["real7"],
-          lambda x7: augment.apply_pair7(x7, mb["aug_real"], self.policy, self.cutout))
-      loss_r1 = losses.r1_loss(penalty_m, penalty_i, self.r1_gamma)
-      return loss_r1 * self.r1_every, loss_r1
+          lambda x7: self.d_input(x7, mb["aug_real"]))
+      terms = {"r1_penalty_motion": jnp.mean(r1["penalty_motion"]),
+               "r1_penalty_image": jnp.mean(r1["penalty_image"])}
+      terms["r1_loss_motion"] = 0.5 * self.r1_gamma * terms["r1_penalty_motion"]
+      terms["r1_loss_image"] = 0.5 * self.r1_gamma * terms["r1_penalty_image"]
+      loss = losses.r1_loss(terms["r1_penalty_motion"], terms["r1_penalty_image"], self.r1_gamma)
+      # Lazy regularisation: the R1 step runs every r1_every iterations with the loss scaled up.
+      total = loss * self.r1_every
+      per_video = {"real/motion_logits": r1["motion_logits"],
+                   "real/image_logits": _per_video(r1["image_logits"]),
+                   "r1_penalty_motion": r1["penalty_motion"],
+                   "r1_penalty_image": _per_video(r1["penalty_image"])}
+      if details:
+        per_video.update({"real/d_input": r1["d_input"], "r1_grad_motion": r1["grad_motion"],
+                          "r1_grad_image": _per_video(r1["grad_image"])})
+      return total, ({**terms, "total": total}, per_video, None)
 
-    _, loss_r1, grads = self._accumulate(loss_fn, state.d_params, inputs)
-    updates, d_opt_state = self.d_tx.update(losses.sanitize_grads(grads), state.d_opt_state,
-                                            state.d_params)
-    state = state.replace(d_params=optax.apply_updates(state.d_params, updates),
-                          d_opt_state=d_opt_state)
-    return state, {"train/loss_r1": loss_r1, "train/grad_norm_r1": optax.tree.norm(grads)}
+    return PhaseResult("r1", *self._accumulate(loss_fn, state.d_params, inputs))
+
+  def apply_grads(self, state: TrainState, result: PhaseResult) -> TrainState:
+    """The optimiser step of a phase: official nan_to_num of the gradients, then Adam."""
+    grads = losses.sanitize_grads(result.grads)
+    if result.phase == "g":
+      updates, opt_state = self.g_tx.update(grads, state.g_opt_state, state.g_params)
+      return state.replace(g_params=optax.apply_updates(state.g_params, updates),
+                           g_opt_state=opt_state, g_stats=result.g_stats)
+    updates, opt_state = self.d_tx.update(grads, state.d_opt_state, state.d_params)
+    state = state.replace(d_params=optax.apply_updates(state.d_params, updates), d_opt_state=opt_state)
+    if result.g_stats is not None:  # Dmain's generator call updated w_avg
+      state = state.replace(g_stats=result.g_stats)
+    return state
+
+  def g_phase(self, state: TrainState, batch, inputs=None) -> tuple[TrainState, dict[str, jax.Array]]:
+    """Gmain: one Adam step of G on L_G (D frozen)."""
+    inputs = self.g_inputs(state, batch) if inputs is None else inputs
+    result = self.g_grads(state, batch, inputs)
+    return self.apply_grads(state, result), {
+        "train/loss_g": result.terms["total"], "train/grad_norm_g": optax.tree.norm(result.grads)}
+
+  def d_phase(self, state: TrainState, batch, inputs=None) -> tuple[TrainState, dict[str, jax.Array]]:
+    """Dmain: one Adam step of both discriminators on L_D, fakes from the current (updated) G."""
+    inputs = self.d_inputs(state, batch) if inputs is None else inputs
+    result = self.d_grads(state, batch, inputs)
+    pv = result.per_video
+    logits = {f"train/d{d}_{p}_logit": jnp.mean(pv[f"{p}/{name}_logits"])
+              for d, name in (("m", "motion"), ("i", "image")) for p in ("real", "fake")}
+    return self.apply_grads(state, result), {
+        "train/loss_d": result.terms["total"], "train/grad_norm_d": optax.tree.norm(result.grads),
+        **logits}
+
+  def r1_phase(self, state: TrainState, batch, inputs=None) -> tuple[TrainState, dict[str, jax.Array]]:
+    """Dreg: one Adam step of D on r1_every x R1 (real batch, fresh augmentation)."""
+    inputs = self.r1_inputs(state, batch) if inputs is None else inputs
+    result = self.r1_grads(state, batch, inputs)
+    loss_r1 = result.terms["r1_loss_motion"] + result.terms["r1_loss_image"]
+    return self.apply_grads(state, result), {
+        "train/loss_r1": loss_r1, "train/grad_norm_r1": optax.tree.norm(result.grads)}
 
   def ema_phase(self, state: TrainState) -> TrainState:
     """G_ema <- lerp(G, G_ema, β); w_avg copied; then the iteration counter advances."""
@@ -285,13 +427,17 @@ class DiganSteps:
                           state.g_params)
     return state.replace(g_ema={"params": params, "stats": state.g_stats}, step=state.step + 1)
 
-  def train_step(self, state: TrainState, batch, do_r1: bool):
-    """One full iteration; `do_r1` must be `should_r1(step)` (static: two compiled variants)."""
-    state, metrics = self.g_phase(state, batch)
-    state, d_metrics = self.d_phase(state, batch)
+  def train_step(self, state: TrainState, batch, do_r1: bool, inputs=None):
+    """One full iteration; `do_r1` must be `should_r1(step)` (static: two compiled variants).
+
+    inputs: optional {'g': ..., 'd': ..., 'r1': ...} phase inputs to replay instead of drawing.
+    """
+    inputs = inputs or {}
+    state, metrics = self.g_phase(state, batch, inputs.get("g"))
+    state, d_metrics = self.d_phase(state, batch, inputs.get("d"))
     metrics.update(d_metrics)
     if do_r1:
-      state, r1_metrics = self.r1_phase(state, batch)
+      state, r1_metrics = self.r1_phase(state, batch, inputs.get("r1"))
       metrics.update(r1_metrics)
     return self.ema_phase(state), metrics
 

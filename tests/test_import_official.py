@@ -49,3 +49,23 @@ def test_restore_errors_name_the_problem(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match="no checkpoint steps"):
     checkpointing.restore_generator(tmp_path / "empty")
+
+
+def test_export_is_the_exact_inverse_of_import(fixtures_dir):
+  """Our variables -> official state_dict names and layouts -> our variables, bit for bit; and the
+  exported names and shapes are exactly the official ones (buffers aside)."""
+  from digan_jax.models import official
+  arrays, _ = official.load_npz(fixtures_dir / "official_digan_train_64.npz")
+  nets = official.split_networks(arrays)
+  for net, convert, export in (("G", official.convert_generator, official.export_generator),
+                               ("D", official.convert_dual_discriminator,
+                                official.export_dual_discriminator)):
+    variables = convert(nets[net])
+    exported = export(variables)
+    expected = {k: v for k, v in nets[net].items() if not k.endswith("resample_filter")}
+    assert sorted(exported) == sorted(expected), net
+    for k, v in expected.items():
+      np.testing.assert_array_equal(exported[k], v.astype(np.float32), err_msg=k)
+    back = convert(exported)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(variables)):
+      np.testing.assert_array_equal(a, b)

@@ -40,7 +40,8 @@ def _tiny_discriminators(seed=0, b=3, h=4):
 
 def test_r1_equals_hand_computed_value_without_augmentation():
   w_motion, a_image, motion_fn, image_fn, real7 = _tiny_discriminators()
-  pm, pi, _, _ = losses.r1_penalties(motion_fn, image_fn, real7, lambda x: x)
+  r1 = losses.r1_penalties(motion_fn, image_fn, real7, lambda x: x)
+  pm, pi = r1["penalty_motion"].mean(), r1["penalty_image"].mean()
   # ∇_x D_M = w for every video; ∇_f D_I = a ⊙ f for every frame.
   np.testing.assert_allclose(pm, np.sum(w_motion ** 2), rtol=1e-5)
   frames = np.concatenate([real7[:, None, ..., 0:3], real7[:, None, ..., 3:6]], 1).reshape(-1, 4, 4, 3)
@@ -57,7 +58,8 @@ def test_r1_gradient_asymmetry_through_augmentation():
             "saturation": np.full((b,), 1.0, np.float32),
             "contrast": np.array([0.7, 1.2, 1.4], np.float32)}
   aug_fn = lambda x7: augment.apply_pair7(x7, params, "color")
-  pm, pi, _, _ = losses.r1_penalties(motion_fn, image_fn, real7, aug_fn)
+  r1 = losses.r1_penalties(motion_fn, image_fn, real7, aug_fn)
+  pm, pi = r1["penalty_motion"].mean(), r1["penalty_image"].mean()
   # With saturation 1, A(x) = c·(x + β − μ) + μ per frame (μ the frame mean after brightness):
   # the input gradient of Σ w·A(x) per frame is c·w + (1 − c)·mean(w) on RGB; Δt passes unchanged.
   expected = []

@@ -118,7 +118,7 @@ def test_fake_times_follow_sorted_beta():
   config = tiny_digan.tiny_config()
   steps = steps_lib.DiganSteps(config, sharding.make_mesh(config.mesh, jax.devices()[:1]),
                                compiler_options=tiny_digan.COMPILER_OPTIONS)
-  times = np.asarray(jax.jit(lambda k: steps._fake_inputs(k, 200_000)["times"])(jax.random.key(3)))
+  times = np.asarray(jax.jit(lambda k: steps._fake_draws(k, 200_000)["times"])(jax.random.key(3)))
   assert np.all(times[:, 0] <= times[:, 1]) and times.min() >= 0 and times.max() <= 1
   # Spec §4: E[t_lo] = 0.300, E[t_hi] = 0.700, E[Δt] = 0.400 (MC std ~6e-4).
   np.testing.assert_allclose(times.mean(0), [0.3, 0.7], atol=3e-3)
@@ -182,8 +182,9 @@ def test_learning_on_a_toy_distribution():
   steps, state = steps_lib.create_train_state(config, mesh,
                                               compiler_options=tiny_digan.COMPILER_OPTIONS)
   colour = np.array([0.6, -0.4, 0.2], np.float32)
-  render = jax.jit(lambda s: steps._render_pair7(
-      s.g_params, s.g_stats, steps._fake_inputs(jax.random.key(7), 64))[0][..., :6])
+  draws = steps._fake_draws(jax.random.key(7), 64)
+  render = jax.jit(lambda s: steps.render_pair7(
+      s.g_params, s.g_stats, draws["z_content"], draws["z_motion"], draws["times"])[0][..., :6])
 
   def colour_error(s):
     return float(jnp.mean(jnp.abs(render(s).reshape(-1, 2, 3) - colour)))
@@ -212,3 +213,124 @@ def test_learning_on_a_toy_distribution():
   assert windows[:4].max() > 2.0  # D tells real from fake
   assert windows[-1] < 0.4 * windows[:4].max()  # and G closes the gap again
   assert error_final < 0.2 * error_init  # by moving its frames to the real colour
+
+
+def test_training_replays_the_public_phase_draws():
+  """train_step draws exactly what g_inputs / d_inputs / r1_inputs return: passing those draws
+  explicitly gives the same iteration, and draws of another step give a different one."""
+  config = tiny_digan.tiny_config()
+  steps = steps_lib.DiganSteps(config, sharding.make_mesh(config.mesh, jax.devices()[:1]),
+                               compiler_options=tiny_digan.COMPILER_OPTIONS)
+  state = steps.create_train_state()
+  batch = tiny_digan.real_batch(0, steps.global_batch, steps.resolution)
+  draw = lambda s: {"g": steps.g_inputs(s, batch), "d": steps.d_inputs(s, batch),
+                    "r1": steps.r1_inputs(s, batch)}
+  step_fn = jax.jit(steps.train_step, static_argnums=2)
+  drawn, _ = step_fn(state, batch, True)
+  replayed, _ = step_fn(state, batch, True, draw(state))
+  other, _ = step_fn(state, batch, True, draw(state.replace(step=jnp.asarray(5, jnp.int32))))
+  same = _max_abs_diff(tiny_digan.host_params(drawn), tiny_digan.host_params(replayed))
+  differ = _max_abs_diff(tiny_digan.host_params(drawn), tiny_digan.host_params(other))
+  print(f"drawn vs replayed draws: {same:.3g}; vs draws of another step: {differ:.3g}")
+  assert same < 1e-6
+  assert differ > 1e-4
+
+
+def test_phase_outputs_in_global_order_with_micro_batches():
+  """Per-video outputs and loss terms of 2 strided micro-batches equal those of the full batch."""
+  outs = []
+  for k in (1, 2):
+    config = tiny_digan.tiny_config(num_micro_batches=k)
+    steps = steps_lib.DiganSteps(config, sharding.make_mesh(config.mesh, jax.devices()[:1]),
+                                 compiler_options=tiny_digan.COMPILER_OPTIONS)
+    state = steps.create_train_state()
+    batch = tiny_digan.real_batch(0, steps.global_batch, steps.resolution)
+    fn = jax.jit(lambda s, b: steps.d_grads(s, b, steps.d_inputs(s, b)))
+    outs.append(jax.device_get(fn(state, batch)))
+  (full, micro) = outs
+  for key in full.per_video:
+    np.testing.assert_allclose(micro.per_video[key], full.per_video[key], rtol=1e-5, atol=1e-6,
+                               err_msg=key)
+  for key in full.terms:
+    np.testing.assert_allclose(micro.terms[key], full.terms[key], rtol=1e-5, err_msg=key)
+  # Not trivially equal: the videos have different logits.
+  assert np.ptp(full.per_video["real/image_logits"]) > 1e-4
+
+
+def _tiny_steps(**kwargs):
+  config = tiny_digan.tiny_config(**kwargs)
+  steps = steps_lib.DiganSteps(config, sharding.make_mesh(config.mesh, jax.devices()[:1]),
+                               compiler_options=tiny_digan.COMPILER_OPTIONS)
+  return steps, steps.create_train_state()
+
+
+def test_ema_blends_with_the_official_beta():
+  """Past step 0, G_ema = β·G_ema + (1 − β)·G with β = 0.5^(batch / ema_nimg), checked in NumPy."""
+  steps, state = _tiny_steps()
+  step = 300
+  g_ema = jax.tree.map(lambda x: x - 0.5, state.g_params)
+  g = jax.tree.map(lambda x: x + 1.0, state.g_params)
+  state = state.replace(step=jnp.asarray(step, jnp.int32), g_params=g,
+                        g_ema={"params": g_ema, "stats": state.g_stats})
+  new = jax.jit(steps.ema_phase)(state)
+  ema_nimg = min(steps.ema_kimg * 1000, step * steps.global_batch * steps.ema_rampup)
+  beta = 0.5 ** (steps.global_batch / ema_nimg)
+  assert 0.1 < beta < 0.99
+  # Relative to the values: the mapping weights are stored x100 (lr multiplier 0.01).
+  err = max(float(np.max(np.abs(np.asarray(n) - (beta * np.asarray(e) + (1 - beta) * np.asarray(p)))
+                         / (np.abs(np.asarray(p)) + 1.0)))
+            for n, e, p in zip(jax.tree.leaves(new.g_ema["params"]), jax.tree.leaves(g_ema),
+                               jax.tree.leaves(g)))
+  print(f"EMA at step {step}: β = {beta:.5f}, max |error| / (|p| + 1) {err:.3g}")
+  assert err < 1e-6
+  assert int(new.step) == step + 1
+
+
+def test_r1_loss_carries_the_lazy_regularisation_gain():
+  """The R1 step back-propagates r1_every × (γ/2)(mean ‖∇D_M‖² + mean ‖∇D_I‖²): its gradients
+  with r1_every = 4 are exactly 4× those with r1_every = 1, and the reported R1 loss is not."""
+  results = {}
+  for every in (1, 4):
+    steps, state = _tiny_steps(r1_every=every)
+    batch = tiny_digan.real_batch(0, steps.global_batch, steps.resolution)
+    fn = jax.jit(lambda s, b: steps.r1_grads(s, b, steps.r1_inputs(s, b)))
+    results[every] = jax.device_get(fn(state, batch))
+  one, four = results[1], results[4]
+  t = four.terms
+  np.testing.assert_allclose(t["total"], 4 * (t["r1_loss_motion"] + t["r1_loss_image"]), rtol=1e-6)
+  np.testing.assert_allclose(t["r1_loss_motion"] + t["r1_loss_image"],
+                             0.5 * steps.r1_gamma * (t["r1_penalty_motion"] + t["r1_penalty_image"]),
+                             rtol=1e-6)
+  ratios = [float(np.max(np.abs(b))) / float(np.max(np.abs(a)))
+            for a, b in zip(jax.tree.leaves(one.grads), jax.tree.leaves(four.grads))
+            if np.max(np.abs(a)) > 0]
+  print(f"R1 gradient ratio r1_every 4 / 1: min {min(ratios):.6f}, max {max(ratios):.6f}")
+  np.testing.assert_allclose(ratios, 4.0, rtol=1e-5)
+  np.testing.assert_allclose(four.terms["r1_loss_motion"], one.terms["r1_loss_motion"], rtol=1e-6)
+
+
+def test_w_avg_tracks_the_batch_mean_of_w_in_every_generator_call():
+  """Gmain and Dmain each update w_avg ← mean_B(w) + 0.995·(w_avg − mean_B(w)) (official training
+  mode); checked against w from the mapping network applied on its own."""
+  steps, state = _tiny_steps()
+  batch = tiny_digan.real_batch(0, steps.global_batch, steps.resolution)
+  g_in, d_in = steps.g_inputs(state, batch), steps.d_inputs(state, batch)
+  state = state.replace(g_stats=jax.tree.map(lambda x: x + 0.3, state.g_stats))
+  after_g, _ = jax.jit(steps.g_phase)(state, batch, g_in)
+  after_d, _ = jax.jit(steps.d_phase)(after_g, batch, d_in)
+  beta = steps.gcfg.w_avg_beta
+
+  def expected(params, stats, z):
+    w = steps.generator.apply({"params": params, "stats": stats}, z, method="map")
+    mean = np.asarray(w).mean(axis=0)
+    return mean + beta * (np.asarray(stats["mapping"]["w_avg"]) - mean)
+
+  # Gmain maps with the G before its update, Dmain with the updated G.
+  exp_g = expected(state.g_params, state.g_stats, g_in["z_content"])
+  exp_d = expected(after_g.g_params, after_g.g_stats, d_in["z_content"])
+  got_g, got_d = (np.asarray(s.g_stats["mapping"]["w_avg"]) for s in (after_g, after_d))
+  print(f"w_avg after G / D phase: max |error| {np.abs(got_g - exp_g).max():.3g} / "
+        f"{np.abs(got_d - exp_d).max():.3g}; moved {np.abs(got_d - np.asarray(state.g_stats['mapping']['w_avg'])).max():.3g}")
+  np.testing.assert_allclose(got_g, exp_g, atol=1e-6)
+  np.testing.assert_allclose(got_d, exp_d, atol=1e-6)
+  assert np.abs(got_d - got_g).max() > 1e-4  # the D phase's call moved it again

@@ -23,7 +23,10 @@ FIR_1D = np.array([1.0, 3.0, 3.0, 1.0], np.float32) / 8.0
 
 
 def lrelu(x, slope: float = 0.2):
-  return jnp.where(x >= 0, x, x * slope)
+  # `x > 0`, not `>=`: at exactly 0 the derivative is the slope, as in the official bias_act
+  # (CUDA kernel and torch reference alike). Translation fill and cutout put exact zeros into D's
+  # input and initial biases are 0, so ties are common early in training and change D's gradients.
+  return jnp.where(x > 0, x, x * slope)
 
 
 def bias_act(x, bias=None, activation: str = "linear", gain: float = 1.0, clamp: float | None = None):

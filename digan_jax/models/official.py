@@ -110,6 +110,64 @@ def convert_dual_discriminator(sd: Arrays) -> dict[str, Any]:
                      "image_d": convert_discriminator(split["imageD"])["params"]}}
 
 
+def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()):
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      yield from _flatten(value, prefix + (key,))
+    else:
+      yield prefix + (key,), np.asarray(value, np.float32)
+
+
+def _torch_generator_name(path: tuple[str, ...]) -> str:
+  """Inverse of `_generator_path`."""
+  if path[0] == "mapping":
+    return ".".join(path)
+  block, layer = path[1].split("_", 1)
+  rest = [re.sub(r"^motion_mlp(\d+)$", r"motion_mlp.\1", p) for p in path[2:]]
+  layer = re.sub(r"^extra(\d+)$", r"extra_convs.\1", layer)
+  if layer == "coord_fuser" and block == "b4":  # the input block's fuser sits in its input layer
+    layer = "input.input.coord_fuser"
+  return ".".join(["synthesis", block, layer] + rest)
+
+
+def export_generator(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Generator variables -> official state_dict arrays (torch names and layouts).
+
+  The inverse of `convert_generator` (the constant `resample_filter` buffers are not written;
+  load the result into the official network with `strict=False`).
+  """
+  out = {}
+  for path, value in _flatten(variables["params"]):
+    name = _torch_generator_name(path)
+    if path[-1] == "weight":
+      is_affine_or_fc = any(p in ("affine", "xyaffine") or p.startswith(("fc", "motion_mlp", "embed"))
+                            for p in path[:-1])
+      value = _fc(value) if is_affine_or_fc else value[:, :, None, None]
+    out[name] = value
+  for path, value in _flatten(variables.get("stats", {})):
+    out[".".join(path)] = value
+  return out
+
+
+def export_dual_discriminator(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """DualDiscriminator variables -> official `OurDiscriminator` state_dict arrays (inverse of
+  `convert_dual_discriminator`)."""
+  out = {}
+  for ours, head in (("motion_d", "videoD"), ("image_d", "imageD")):
+    for path, value in _flatten(variables["params"][ours]):
+      first = path[0]
+      if first.endswith("_fromrgb"):
+        first = first.replace("_", ".")
+      elif first.startswith("b4_"):
+        first = "b4." + first[3:]
+      name = ".".join((head, first) + path[1:])
+      if path[-1] == "weight":
+        value = (np.ascontiguousarray(value.transpose(3, 2, 0, 1)) if value.ndim == 4
+                 else _fc(value))
+      out[name] = value
+  return out
+
+
 def split_networks(arrays: Arrays) -> dict[str, dict[str, np.ndarray]]:
   """{'G/x': a, 'D/y': b} -> {'G': {'x': a}, 'D': {'y': b}}."""
   nets: dict[str, dict[str, np.ndarray]] = {}
