@@ -128,6 +128,12 @@ def test_super_resolution_render(tiny):
   print(f"x2 super-resolution vs nearest-upsampled render: mean rel distance {dist:.4f} "
         f"(other latents: {dist_other:.4f})")
   assert dist < 0.5 * dist_other, (dist, dist_other)
+  # The x2 render has detail of its own inside each 2x2 block; a nearest-upsampled normal render
+  # (zero spread within every block) would pass the closeness check above but not this one.
+  blocks = sr.reshape(2, 2, 32, 2, 32, 2, 3)
+  within = float(blocks.std(axis=(3, 5)).mean() / sr.std())
+  print(f"x2 super-resolution: mean spread within 2x2 blocks / overall std {within:.4f}")
+  assert within > 0.005, within  # measured 0.020; nearest upsampling gives exactly 0
 
 
 def test_bfloat16_compute_close_to_float32(tiny):
@@ -171,8 +177,18 @@ def test_class_conditional_networks():
   dv = d.init(jax.random.key(4), x, lab4)
   m, i = d.apply(dv, x, lab4)
   assert m.shape == (4, 1) and i.shape == (8, 1)
-  m2, _ = d.apply(dv, x, lab4[::-1])
+  m2, i2 = d.apply(dv, x, lab4[::-1])
+  print(f"conditional D: logit change with other labels: motion {float(jnp.abs(m - m2).max()):.3g}, "
+        f"image {float(jnp.abs(i - i2).max()):.3g}")
   assert float(jnp.abs(m - m2).max()) > 1e-6
+  assert float(jnp.abs(i - i2).max()) > 1e-6
+  # D_I gets each video's label for both of its frames, in (b t) order (official: repeated).
+  frames = np.asarray(x[..., :6]).reshape(4, 32, 32, 2, 3).transpose(0, 3, 1, 2, 4).reshape(8, 32, 32, 3)
+  image_d = lambda module, f, lab: module.image_d(f, lab)
+  repeated = d.apply(dv, frames, jnp.repeat(lab4, 2, axis=0), method=image_d)
+  tiled = d.apply(dv, frames, jnp.tile(lab4, (2, 1)), method=image_d)
+  np.testing.assert_allclose(np.asarray(i), np.asarray(repeated), rtol=1e-6, atol=1e-6)
+  assert float(jnp.abs(i - tiled).max()) > 1e-6
 
 
 def test_minibatch_std_uses_strided_global_groups():

@@ -17,8 +17,10 @@ from digan_jax.models import official
 from digan_jax.models.discriminator import DualDiscriminator
 from digan_jax.models.generator import Generator
 
+# About 2x / 10x / 10x the measured errors (video 4.8e-5, ws 2.6e-6, logits 1.1e-6 relative).
 VIDEO_ATOL = 1e-4
-LOGIT_RTOL = 1e-3
+WS_ATOL = 3e-5
+LOGIT_RTOL = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def test_mapping(fixture, generator, psi, key):
   assert ref.shape[1] == fixture["gcfg"].num_ws
   ws = np.broadcast_to(np.asarray(w)[:, None], ref.shape)
   print(f"measured: {key} max abs error {np.abs(ws - ref).max():.3g}")
-  np.testing.assert_allclose(ws, ref, rtol=0, atol=VIDEO_ATOL)
+  np.testing.assert_allclose(ws, ref, rtol=0, atol=WS_ATOL)
 
 
 @pytest.mark.parametrize("name", ["t16", "tfree"])
@@ -80,8 +82,9 @@ def test_discriminator_logits(fixture):
   for got, key in ((motion, "out/d_motion_logits"), (image, "out/d_image_logits")):
     rel = np.abs(np.asarray(got) - a[key]).max() / np.abs(a[key]).max()
     print(f"measured: {key} max error / max |logit| {rel:.3g}")
-  np.testing.assert_allclose(np.asarray(motion), a["out/d_motion_logits"], rtol=LOGIT_RTOL, atol=0)
-  np.testing.assert_allclose(np.asarray(image), a["out/d_image_logits"], rtol=LOGIT_RTOL, atol=0)
+  for got, key in ((motion, "out/d_motion_logits"), (image, "out/d_image_logits")):
+    rel = np.abs(np.asarray(got) - a[key]).max() / np.abs(a[key]).max()
+    assert rel < LOGIT_RTOL, (key, rel)
 
 
 def test_converted_tree_matches_fresh_init(fixture):

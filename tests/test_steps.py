@@ -156,6 +156,23 @@ def test_class_conditional_phase_uses_labels():
   loss_a = float(d_loss(state, batch))
   loss_b = float(d_loss(state, {**batch, "label": (batch["label"] + 1) % 3}))
   assert np.isfinite(loss_a) and abs(loss_a - loss_b) > 1e-6
+  # Fakes fixed (same draws, same fake labels), only the real labels changed: the real logits move
+  # only if D reads its labels; the fake ones stay exactly as they were.
+  inputs = steps.d_inputs(state, batch)
+  other = {**inputs, "real_labels": jnp.roll(inputs["real_labels"], 1, axis=1)}
+  d_out = jax.jit(lambda s, b, i: steps.d_grads(s, b, i).per_video)
+  a, b = d_out(state, batch, inputs), d_out(state, batch, other)
+  real_change = float(jnp.abs(a["real/motion_logits"] - b["real/motion_logits"]).max())
+  image_change = float(jnp.abs(a["real/image_logits"] - b["real/image_logits"]).max())
+  print(f"real logits change with the real labels only: motion {real_change:.3g}, image {image_change:.3g}")
+  assert real_change > 1e-6 and image_change > 1e-6
+  np.testing.assert_array_equal(a["fake/motion_logits"], b["fake/motion_logits"])
+  # The G phase reads labels too (mapping embedding and the projection head).
+  g_in = steps.g_inputs(state, batch)
+  g_loss = jax.jit(lambda s, b, i: steps.g_grads(s, b, i).terms["total"])
+  g_a = float(g_loss(state, batch, g_in))
+  g_b = float(g_loss(state, batch, {**g_in, "labels": jnp.roll(g_in["labels"], 1, axis=1)}))
+  assert abs(g_a - g_b) > 1e-6
   with pytest.raises(ValueError, match="label"):
     d_loss(state, {k: v for k, v in batch.items() if k != "label"})
 
