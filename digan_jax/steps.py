@@ -117,8 +117,8 @@ class DiganSteps:
     self.g_tx = optax.adam(**hp["g"])
     self.d_tx = optax.adam(**hp["d"])
     self.seed = int(tc.seed)
-    abstract = jax.eval_shape(self.init, jax.random.PRNGKey(0))
-    self.state_shardings = sharding.state_shardings(abstract, mesh)
+    self._abstract_state = jax.eval_shape(self.init, jax.random.PRNGKey(0))
+    self.state_shardings = sharding.state_shardings(self._abstract_state, mesh)
 
   # ---- state ----
 
@@ -158,11 +158,18 @@ class DiganSteps:
         g_ema={"params": g_params, "stats": g_stats}, d_params=d_params,
         g_opt_state=self.g_tx.init(g_params), d_opt_state=self.d_tx.init(d_params),
         rng=jax.random.split(jax.random.PRNGKey(seed), 3)[2])
-    expected = jax.tree.map(lambda x: (x.shape, x.dtype), jax.eval_shape(self.init, jax.random.PRNGKey(0)))
-    got = jax.tree.map(lambda x: (x.shape, x.dtype), jax.eval_shape(lambda: state))
+    shape_dtype = lambda x: (x.shape, x.dtype)
+    expected = jax.tree.map(shape_dtype, self._abstract_state)
+    got = jax.tree.map(shape_dtype, state)
     if expected != got:
-      raise ValueError("the given networks do not match this config's parameter shapes; build the "
-                       "config from the weights (official.configs_from_meta / infer_configs)")
+      flat = lambda t: dict(jax.tree_util.tree_flatten_with_path(
+          t, is_leaf=lambda x: isinstance(x, tuple))[0])
+      want, have = flat(expected), flat(got)
+      diff = next((k for k in want if want[k] != have.get(k)), None) or next(iter(have.keys() - want.keys()))
+      raise ValueError(
+          f"the given networks do not match this config: {jax.tree_util.keystr(diff)} is "
+          f"{have.get(diff, 'missing')}, the config needs {want.get(diff, 'nothing there')} (shape, dtype); "
+          "build the config from the weights (official.configs_from_meta / infer_configs)")
     return jax.device_put(state, self.state_shardings)
 
   # ---- helpers ----
@@ -230,7 +237,7 @@ class DiganSteps:
     return motion, image, aug7
 
   def _accumulate(self, fn, params, inputs):
-    """value_and_grad of fn over the micro-batches; returns a PhaseResult without the phase name.
+    """value_and_grad of fn over the micro-batches; returns (grads, terms, per_video, g_stats).
 
     fn(params, mb) -> (loss, (terms, per_video, g_stats)): terms (scalar means) and g_stats must be
     linear in the batch and are averaged over micro-batches; per_video arrays have the videos of

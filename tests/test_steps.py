@@ -235,10 +235,7 @@ def test_learning_on_a_toy_distribution():
 def test_training_replays_the_public_phase_draws():
   """train_step draws exactly what g_inputs / d_inputs / r1_inputs return: passing those draws
   explicitly gives the same iteration, and draws of another step give a different one."""
-  config = tiny_digan.tiny_config()
-  steps = steps_lib.DiganSteps(config, sharding.make_mesh(config.mesh, jax.devices()[:1]),
-                               compiler_options=tiny_digan.COMPILER_OPTIONS)
-  state = steps.create_train_state()
+  steps, state = _tiny_steps()
   batch = tiny_digan.real_batch(0, steps.global_batch, steps.resolution)
   draw = lambda s: {"g": steps.g_inputs(s, batch), "d": steps.d_inputs(s, batch),
                     "r1": steps.r1_inputs(s, batch)}
@@ -257,10 +254,7 @@ def test_phase_outputs_in_global_order_with_micro_batches():
   """Per-video outputs and loss terms of 2 strided micro-batches equal those of the full batch."""
   outs = []
   for k in (1, 2):
-    config = tiny_digan.tiny_config(num_micro_batches=k)
-    steps = steps_lib.DiganSteps(config, sharding.make_mesh(config.mesh, jax.devices()[:1]),
-                                 compiler_options=tiny_digan.COMPILER_OPTIONS)
-    state = steps.create_train_state()
+    steps, state = _tiny_steps(num_micro_batches=k)
     batch = tiny_digan.real_batch(0, steps.global_batch, steps.resolution)
     fn = jax.jit(lambda s, b: steps.d_grads(s, b, steps.d_inputs(s, b)))
     outs.append(jax.device_get(fn(state, batch)))
@@ -351,3 +345,13 @@ def test_w_avg_tracks_the_batch_mean_of_w_in_every_generator_call():
   np.testing.assert_allclose(got_g, exp_g, atol=1e-6)
   np.testing.assert_allclose(got_d, exp_d, atol=1e-6)
   assert np.abs(got_d - got_g).max() > 1e-4  # the D phase's call moved it again
+
+
+def test_init_from_given_networks_and_mismatch_message():
+  steps, state = _tiny_steps()
+  g_vars, d_vars = {"params": state.g_params, "stats": state.g_stats}, {"params": state.d_params}
+  again = steps.init_from(g_vars, d_vars)
+  assert _max_abs_diff(tiny_digan.host_params(again), tiny_digan.host_params(state)) == 0
+  bad = jax.tree.map(lambda x: x[..., :1], state.d_params)
+  with pytest.raises(ValueError, match=r"d_params.*the config needs .*configs_from_meta"):
+    steps.init_from(g_vars, {"params": bad})
