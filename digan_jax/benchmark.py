@@ -22,6 +22,7 @@ wherever jax, flax, optax and ml-collections do.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import sys
@@ -274,7 +275,9 @@ def main(argv=None):
   data.set_defaults(run=data_benchmark)
 
   args = parser.parse_args(argv)
-  result = args.run(args)
+  # Library chatter (TFDS "Downloading and preparing ...") goes to stderr: stdout is only the JSON.
+  with contextlib.redirect_stdout(sys.stderr):
+    result = args.run(args)
   text = json.dumps(result, indent=2, default=float)
   print(text)
   if getattr(args, "output", ""):

@@ -6,6 +6,7 @@ TensorFlow off accelerators, a process/device summary, and one user-facing error
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 
@@ -80,5 +81,34 @@ def main(argv):
     sys.exit(2)
 
 
+def _parse_flags(argv):
+  """absl's parser, with a mistyped flag or `--config.` override as one error line, no traceback.
+
+  ml_collections raises plain AttributeError/KeyError/TypeError/ValueError from inside flag parsing
+  (an unknown config field, a value of the wrong type), which absl would print as a traceback.
+  """
+  try:
+    remaining = flags.FLAGS(argv)
+    if _CONFIG.value is not None:
+      _CONFIG.value.get("train")  # a config file that failed to load raises only when first read
+    return remaining
+  except OSError as e:  # the --config file itself
+    message = str(e).replace("Configuration is not available because of an earlier failure to "
+                             "load: ", "")
+  except flags.Error as e:
+    message = str(e)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    message = str(e.args[0]) if e.args else repr(e)
+  if len(message) > 1 and message[0] == message[-1] == "'":  # a KeyError's repr inside the message
+    try:
+      message = ast.literal_eval(message)
+    except (SyntaxError, ValueError):
+      pass
+  message = " ".join(message.split())
+  print(f"error: {message}\n(check the flag and the field names in configs/default.py; "
+        "--helpfull lists the flags)", file=sys.stderr)
+  sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -35,6 +35,7 @@ import numpy as np
 import optax
 
 from digan_jax import augment, losses, sharding
+from digan_jax.errors import UserError
 from digan_jax.models import factory
 from digan_jax.models.discriminator import pack_pair
 
@@ -480,16 +481,28 @@ def create_train_state(config, mesh, generator=None, discriminator=None, **kwarg
   return steps, steps.create_train_state()
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError):
   pass
+
+
+@jax.jit
+def state_is_finite(state) -> jax.Array:
+  """One replicated bool: every float of the state (networks, EMA, Adam moments) is finite.
+
+  The losses of step s are computed before its update, so a finite loss does not prove that the
+  state after the update is finite (an overflowing Adam step); checkpoints check the state itself.
+  """
+  leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 class NonFiniteGuard:
   """Stops a run whose losses stay non-finite (after the official per-step gradient sanitising).
 
   Call `check(step, metrics)` with every fetched metrics dict; after `patience` consecutive checks
-  with a non-finite `train/loss_*` it raises NonFiniteLossError. The trainer should not write a
-  checkpoint from a non-finite state, so the last good checkpoint stays the newest.
+  with a non-finite `train/loss_*` it raises NonFiniteLossError. The trainer writes no checkpoint
+  while `count > 0` nor from a state with a non-finite value (`state_is_finite`), so the last good
+  checkpoint stays the newest.
   """
 
   def __init__(self, patience: int):

@@ -305,12 +305,12 @@ def train_and_evaluate(config, workdir) -> dict:
         writer.write_scalars(step, final_metrics)
         t_log, n_log = time.perf_counter(), 0
       if preempt.should_stop(step):
-        ckpts.save(step, state)
-        logging.warning("stopped at step %d after a termination signal; checkpoint saved", step)
+        saved = _save_if_finite(ckpts, step, state, guard)
+        logging.warning("stopped at step %d after a termination signal; %s", step,
+                        "checkpoint saved" if saved else "no checkpoint (non-finite state)")
         break
-      # Never checkpoint a state whose last checked losses were non-finite.
-      if (step % config.checkpoint_every_steps == 0 or step == num_steps) and guard.count == 0:
-        ckpts.save(step, state)
+      if step % config.checkpoint_every_steps == 0 or step == num_steps:
+        _save_if_finite(ckpts, step, state, guard)
       if config.sample_every_steps and (step % config.sample_every_steps == 0 or step == num_steps):
         write_samples(config, workdir, state, step, writer)
       if evaluator is not None and ((config.eval_every_steps and step % config.eval_every_steps == 0)
@@ -321,6 +321,19 @@ def train_and_evaluate(config, workdir) -> dict:
     writer.flush()
     preempt.restore()
   return final_metrics
+
+
+def _save_if_finite(ckpts, step: int, state, guard) -> bool:
+  """Checkpoint unless the last checked losses or any value of the state are non-finite, so the
+  newest checkpoint is always one that training can resume from."""
+  from digan_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
+  if guard.count > 0:
+    return False
+  if not bool(jax.device_get(steps_lib.state_is_finite(state))):
+    logging.error("step %d: the training state holds non-finite values; not checkpointed", step)
+    return False
+  ckpts.save(step, state)
+  return True
 
 
 def _eval_enabled(config) -> bool:

@@ -121,7 +121,7 @@ stop_all() {
   done
   for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
 }
-# shellcheck disable=SC2317  # called by the trap
+# shellcheck disable=SC2317,SC2329  # called by the trap
 on_signal() { info "interrupted; stopping all processes"; stop_all; exit 130; }
 trap on_signal INT TERM
 

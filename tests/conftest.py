@@ -29,3 +29,22 @@ def fixtures_dir():
   if not SHARED_FIXTURES.is_dir():
     pytest.skip(f"../shared/fixtures not found at {SHARED_FIXTURES} (only present in the dev/CI layout)")
   return SHARED_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def official_npz_with_distinct_g_ema(fixtures_dir, tmp_path_factory):
+  """The official 128² fixture as G_ema, plus a G whose toRGB biases are shifted by 0.5: an export
+  where reading G instead of G_ema anywhere (import, restore, sampling) shows."""
+  import numpy as np
+  data = np.load(fixtures_dir / "official_digan_128.npz")
+  out = {}
+  for k in data.files:
+    v = data[k]
+    if k.startswith("G/"):
+      out["G_ema/" + k[2:]] = v
+      out[k] = v + 0.5 if k.endswith("torgb.bias") else v
+    elif not k.startswith(("in/", "out/")):
+      out[k] = v
+  path = tmp_path_factory.mktemp("official") / "g_and_g_ema.npz"
+  np.savez(path, **out)
+  return path

@@ -87,6 +87,62 @@ def test_cutout_matches_official_box():
     np.testing.assert_array_equal(out[b, 1, ..., 0], mask)
 
 
+def _official_cutout_boxes(h, ratio=0.5):
+  """The official DiffAugment `rand_cutout`, written out in NumPy from the spec (fixtures README:
+  c = int(ratio·H + 0.5); offset ~ randint(0, H + 1 − c % 2); rows clamp(offset − c//2 + arange(c),
+  0, H − 1) are zeroed) -> c and {offset: (first zeroed row, last zeroed row)} for every offset."""
+  c = int(h * ratio + 0.5)
+  boxes = {}
+  for offset in range(0, h + (1 - c % 2)):
+    rows = np.clip(offset - c // 2 + np.arange(c), 0, h - 1)
+    boxes[offset] = (int(rows.min()), int(rows.max()))
+  return c, boxes
+
+
+@pytest.mark.parametrize("h,c_expected", [(6, 3), (7, 4), (8, 4)])
+def test_cutout_box_range_and_size_match_official_draws(h, c_expected):
+  """Many draws through the public path: every box is one the official code can make, and the
+  boxes cover the official offset range exactly, including the clipped ones at both edges.
+
+  Independent of augment's helpers (the expectation is NumPy from the formula above). H = 6 gives an
+  odd box (c = 3, offsets 0..5), H = 7 checks the +0.5 rounding (c = 4, not 3), H = 8 an even box
+  (c = 4, offsets 0..8: one more than H). Uniformity: each offset's frequency within 40 % of 1/n
+  (n = 2000 draws per axis, >= 222 expected per offset, so chance failures are astronomically rare).
+  """
+  c, boxes = _official_cutout_boxes(h)
+  assert c == c_expected
+  by_box = {box: offset for offset, box in boxes.items()}
+  assert len(by_box) == len(boxes)  # an official box identifies its offset
+  n = 2000
+  x7 = np.ones((n, h, h, 7), np.float32)
+  out = np.asarray(augment.augment_pair7(jax.random.key(11), x7, "cutout"))
+  np.testing.assert_array_equal(out[..., 6], 1.0)  # Δt plane untouched
+  zero = out[..., :6] == 0
+  assert np.all(zero == zero[..., :1])  # all channels of both frames share the box
+  assert np.all((out[..., :6] == 0) | (out[..., :6] == 1))
+  zero = zero[..., 0]
+  rows_hit, cols_hit = zero.any(axis=2), zero.any(axis=1)  # [n, H]
+  offsets = {0: [], 1: []}
+  for b in range(n):
+    for axis, hit in ((0, rows_hit[b]), (1, cols_hit[b])):
+      idx = np.nonzero(hit)[0]
+      assert len(idx) > 0, f"video {b}: no cutout"
+      box = (int(idx.min()), int(idx.max()))
+      assert len(idx) == box[1] - box[0] + 1, f"video {b}: cutout not contiguous along axis {axis}: {idx}"
+      assert box in by_box, f"video {b}: axis {axis} box {box} is not an official box {sorted(by_box)}"
+      offsets[axis].append(by_box[box])
+    np.testing.assert_array_equal(zero[b], np.outer(rows_hit[b], cols_hit[b]))  # a rectangle
+  for axis in (0, 1):
+    counts = np.bincount(offsets[axis], minlength=len(boxes))
+    print(f"H={h} c={c} axis {axis}: offset counts {counts.tolist()}")
+    assert set(offsets[axis]) == set(boxes), (sorted(set(offsets[axis])), sorted(boxes))
+    expected = n / len(boxes)
+    assert np.all(np.abs(counts - expected) < 0.4 * expected), counts
+  # The unclipped boxes are exactly c wide.
+  interior = [box for box in boxes.values() if box[0] > 0 and box[1] < h - 1]
+  assert interior and all(hi - lo + 1 == c for lo, hi in interior)
+
+
 def test_random_ranges_per_video():
   p = augment.sample_params(jax.random.key(7), 4096, 128, "color,translation")
   shifts = np.asarray(p["translate"])

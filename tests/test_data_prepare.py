@@ -90,6 +90,48 @@ def prepared(video_tree, tmp_path_factory):
   return out, report
 
 
+# ------------------------------------------------------------------- coded videos (exact checks)
+# Lossless frame folders whose pixel values encode where they come from, so that the prepared
+# frames can be checked against NumPy expectations written from the spec, not against image_ops.
+
+PAIR_LENGTHS = (10, 11, 12, 13)  # train split: square 16x16 videos, video v has 10 + v frames
+
+
+def _pair_frame(v, t):
+  """Square video v, frame t: R = 8·col + 4 (left-right asymmetric, so a flip shows), G = 12·t + 6,
+  B = 50·v + 2·row + 10 (top-bottom asymmetric)."""
+  rows, cols = np.mgrid[:16, :16]
+  return np.stack([8 * cols + 4, np.full((16, 16), 12 * t + 6), 50 * v + 2 * rows + 10],
+                  axis=-1).astype(np.uint8)
+
+
+# test split: (height, width) and frame count (distinct counts identify the stored videos).
+CROP_VIDEOS = {"wide_16x24": ((16, 24), 4), "tall_26x16": ((26, 16), 5), "odd_16x21": ((16, 21), 6),
+               "resize_32x48": ((32, 48), 7), "odd_16x23": ((16, 23), 8)}
+
+
+def _crop_source_frame(height, width, t):
+  """R = 4·row + 2, G = 4·col + 2 of the source pixel, B = 20·t + 10 (the frame's position)."""
+  rows, cols = np.mgrid[:height, :width]
+  return np.stack([4 * rows + 2, 4 * cols + 2, np.full((height, width), 20 * t + 10)],
+                  axis=-1).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def coded(tmp_path_factory):
+  root = tmp_path_factory.mktemp("coded_src")
+  for v, length in enumerate(PAIR_LENGTHS):
+    write_frame_folder(str(root / "train" / f"v{v}"), [_pair_frame(v, t) for t in range(length)])
+  for name, ((height, width), length) in CROP_VIDEOS.items():
+    write_frame_folder(str(root / "test" / name),
+                       [_crop_source_frame(height, width, t) for t in range(length)])
+  out = tmp_path_factory.mktemp("coded_data")
+  report = prepare.prepare_dataset(out, "coded", 16, input_dir=str(root), layout="frame_folders",
+                                   splits="train,test", min_frames=4, num_workers=1, progress=False)
+  assert report["counts"]["train"]["prepared"] == 4 and report["counts"]["test"]["prepared"] == 5
+  return out
+
+
 def test_builds_good_videos_and_reports_bad_ones(prepared):
   out, report = prepared
   counts = report["counts"]
@@ -124,12 +166,86 @@ def test_prepared_frames_lengths_and_metadata(prepared, video_tree):
   assert np.abs(decoded - reference).mean() < 12
 
 
-def test_frame_pairs_from_prepared_data(prepared):
+@pytest.mark.parametrize("name", [
+    "wide_16x24", "tall_26x16", "odd_16x21", "resize_32x48",
+    "odd_16x23"])
+def test_centre_crop_window_is_the_official_one(coded, name):
+  """Every prepared pixel comes from the official centre window (spec §9.1, official
+  `resize_crop`: top = (h − s) // 2, left = (w − s) // 2, s = min(h, w)), frames in source order.
+
+  The expectation is NumPy from that rule alone: with no resize the stored pixel (i, j) of frame t
+  is source (top + i, left + j); for 32x48 -> 16 (crop 32x32 at left 8, then bilinear 2x down with
+  half-pixel centres) it is the mean of source rows/cols 2i + top, 2i + 1 + top, which is exact in
+  the coding (4·(2i + 0.5 + top) + 2). A window one pixel off changes a value by 4 (by 8 after the
+  resize).
+  """
+  (height, width), length = CROP_VIDEOS[name]
+  dataset = storage.open_dataset(coded, "coded", "test")
+  (video,) = [i for i in range(len(dataset)) if dataset.lengths[i] == length]
+  encoded = dataset.fetch([video], [list(range(length))])[0]
+  side = min(height, width)
+  top, left = (height - side) // 2, (width - side) // 2
+  step = side / 16  # source pixels per output pixel (1, or 2 for the resize case)
+  src_rows = top + step * np.arange(16) + (step - 1) / 2  # centre of the source pixels averaged
+  src_cols = left + step * np.arange(16) + (step - 1) / 2
+  for t in range(length):
+    expected = np.stack(np.broadcast_arrays(4 * src_rows[:, None] + 2, 4 * src_cols[None, :] + 2,
+                                            np.float64(20 * t + 10)), axis=-1)
+    got = image_ops.decode_image(encoded[t])
+    assert got.shape == (16, 16, 3)
+    if t == 0:
+      print(f"{name}: top-left source pixel ({(got[0, 0, 0] - 2) / 4 - (step - 1) / 2:g}, "
+            f"{(got[0, 0, 1] - 2) / 4 - (step - 1) / 2:g}), official ({top}, {left})")
+    np.testing.assert_array_equal(got, expected.astype(np.uint8), err_msg=f"{name} frame {t}")
+
+
+def test_frame_pairs_from_prepared_data(prepared, coded):
+  """Training pairs are exactly the planned frames of the right videos: content, frame order within
+  the pair, channel order and flips checked against the coded source frames, not image_ops."""
   from digan_jax.data import pipeline
+  from digan_jax.data import sampling
   out, _ = prepared
   batch = next(pipeline.make_train_iterator(out, "mini", "train+test", 4, num_frames=16, seed=0))
   assert batch["frames"].shape == (4, 2, 16, 16, 3)
   assert batch["frames"].min() >= -1 and batch["frames"].max() <= 1
+
+  num_frames, batch_size, num_steps = 6, 8, 4
+  dataset = storage.open_dataset(coded, "coded", "train")
+  source = dataset.lengths - PAIR_LENGTHS[0]  # stored video -> source video v
+  assert sorted(source.tolist()) == [0, 1, 2, 3]
+  index = sampling.ClipIndex(dataset.lengths, num_frames)
+  iterator = pipeline.make_train_iterator(coded, "coded", "train", batch_size, num_frames=num_frames,
+                                          seed=3, dataset=dataset)
+  flips, gaps = [], []
+  for step in range(num_steps):
+    batch = next(iterator)
+    plan = sampling.train_plan(index, seed=3, step=step, batch_size_per_process=batch_size)
+    assert batch["frames"].shape == (batch_size, 2, 16, 16, 3) and batch["frames"].dtype == np.float32
+    np.testing.assert_array_equal(batch["label"], 0)
+    np.testing.assert_allclose(batch["times"], plan.times)
+    np.testing.assert_allclose(batch["delta_t"], plan.delta_t)
+    for b in range(batch_size):
+      v = int(source[plan.video[b]])
+      f_lo, f_hi = (int(f) for f in plan.frames[b])
+      expected = np.stack([_pair_frame(v, f_lo), _pair_frame(v, f_hi)]).astype(np.float32)
+      if plan.flip[b]:
+        expected = expected[:, :, ::-1]
+      np.testing.assert_allclose(batch["frames"][b], expected / 127.5 - 1, rtol=0, atol=1e-6,
+                                 err_msg=f"step {step} row {b}: video {v} frames {f_lo}, {f_hi}")
+      # The same facts read off the pixels alone (independent of the plan).
+      pixels = np.rint((batch["frames"][b] + 1) * 127.5).astype(int)
+      t_lo, t_hi = (pixels[:, 0, 0, 1] - 6) // 12
+      assert t_lo <= t_hi and t_hi - t_lo <= num_frames - 1
+      np.testing.assert_allclose(batch["delta_t"][b], (t_hi - t_lo) / (num_frames - 1), rtol=1e-6)
+      np.testing.assert_allclose(batch["times"][b, 1] - batch["times"][b, 0], batch["delta_t"][b],
+                                 atol=1e-6)
+      start = t_lo - batch["times"][b, 0] * (num_frames - 1)
+      assert abs(start - round(start)) < 1e-4 and 0 <= round(start) <= PAIR_LENGTHS[v] - num_frames
+      flipped = pixels[:, 0, 0, 0] > pixels[:, 0, -1, 0]  # R falls to the right after a flip
+      assert flipped[0] == flipped[1] == plan.flip[b]
+      flips.append(bool(flipped[0]))
+      gaps.append(int(t_hi - t_lo))
+  assert 0 < sum(flips) < len(flips) and max(gaps) > 0  # both orientations and real gaps occurred
 
 
 def test_class_folders_labels_and_jpeg(tmp_path):

@@ -261,7 +261,9 @@ def test_evaluate_checkpoint_writes_result_with_protocol_card(tmp_path, i3d_vars
                                                               mesh1):
   generator, variables = tiny_generator
   workdir = tmp_path / "work"
-  checkpointing.save_networks(workdir / "checkpoints", 7, g=variables, g_ema=variables, d=None,
+  # G and G_ema differ in the checkpoint: the evaluation must score G_ema (checked below).
+  other_g = jax.tree.map(lambda x: -x, variables)
+  checkpointing.save_networks(workdir / "checkpoints", 7, g=other_g, g_ema=variables, d=None,
                               gcfg=TINY_G, dcfg=None)
   data = synthetic_videos.generate(6, resolution=32, num_frames=(12, 20), seed=1)
   overrides = dict(num_fake=4, num_real=4, num_trials=2, num_frames=NUM_FRAMES)
@@ -291,6 +293,15 @@ def test_evaluate_checkpoint_writes_result_with_protocol_card(tmp_path, i3d_vars
   assert saved["fvd"] > 0 and saved["timing"]["wall_s"] > 0
   assert saved["timing"]["fake_clips"] == 8 and saved["timing"]["real_clips_computed"] == 4
   assert result["fvd"] == saved["fvd"]
+  # The same protocol on the EMA variables directly gives the same trials; on G, other trials.
+  kw = dict(mesh=mesh1, batch_size=4, i3d_vars=i3d_vars, progress=False,
+            cache_dir=workdir / "eval" / "real_cache")
+  protocol = ev.get_protocol("proxy", **overrides)
+  direct = ev.evaluate(generator, variables, protocol, source, **kw)
+  assert direct["real_cache_hit"] and direct["fvd_trials"] == saved["fvd_trials"]
+  of_g = ev.evaluate(generator, other_g, protocol, source, **kw)
+  print(f"FVD trials of G_ema {saved['fvd_trials']}, of G {of_g['fvd_trials']}")
+  assert of_g["fvd_trials"] != saved["fvd_trials"]
   # The real features went to the default cache under the workdir.
   assert saved["real_cache"].startswith(str(workdir / "eval" / "real_cache"))
   assert os.path.isfile(saved["real_cache"])

@@ -27,6 +27,23 @@ def test_import_roundtrip_reproduces_official_video(fixtures_dir, tmp_path):
     import_npz(npz, tmp_path / "ckpt")
 
 
+def test_import_keeps_g_and_g_ema_apart(official_npz_with_distinct_g_ema, tmp_path):
+  """An export with both: the checkpoint's `g_ema` item (what sampling and evaluation restore) is
+  the official G_ema and its `g` item the official G, never one copied over the other."""
+  from digan_jax.models import official
+  nets = official.split_networks(official.load_npz(official_npz_with_distinct_g_ema)[0])
+  import_npz(official_npz_with_distinct_g_ema, tmp_path / "ckpt")
+  _, g_ema, _ = checkpointing.restore_generator(tmp_path / "ckpt")
+  g = checkpointing.restore_numpy(tmp_path / "ckpt", 0, "g")
+  for restored, net in ((g_ema, "G_ema"), (g, "G")):
+    want = official.convert_generator(nets[net])
+    assert jax.tree.structure(restored) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(want)):
+      np.testing.assert_array_equal(a, b)
+  shifted = sum(int(not np.array_equal(a, b)) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ema)))
+  assert shifted > 0  # the two really differ in this export (the toRGB biases)
+
+
 def test_import_rejects_npz_without_generator(tmp_path):
   bad = tmp_path / "bad.npz"
   np.savez(bad, **{"X/foo": np.zeros(3)})

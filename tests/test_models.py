@@ -205,6 +205,28 @@ def test_minibatch_std_uses_strided_global_groups():
     minibatch_std(x[:6], 4)
 
 
+def test_motion_discriminator_reads_both_frames_and_delta_t():
+  """D_M's input is [frame_lo, frame_hi, Δt plane]; changing Δt alone or the second frame alone
+  changes its logits; the image D gets the two frames of each video in (b t) order."""
+  from digan_jax.models.discriminator import pack_pair, split_frames
+  d = DualDiscriminator(DiscriminatorConfig(resolution=16, channel_base=128, channel_max=16,
+                                            mbstd_group_size=2))
+  f_lo, f_hi = jax.random.uniform(jax.random.key(1), (2, 4, 16, 16, 3), minval=-1, maxval=1)
+  dt = jnp.array([0.1, 0.4, 0.7, 1.0])
+  x7 = pack_pair(f_lo, f_hi, dt)
+  np.testing.assert_array_equal(x7[..., 6], np.broadcast_to(dt[:, None, None], (4, 16, 16)))
+  frames = np.asarray(split_frames(x7))  # (b t) order: video 0 lo, video 0 hi, video 1 lo, ...
+  np.testing.assert_array_equal(frames[0::2], f_lo)
+  np.testing.assert_array_equal(frames[1::2], f_hi)
+  variables = d.init(jax.random.key(0), x7)
+  motion = lambda x: np.asarray(d.apply(variables, x, method=DualDiscriminator.motion))
+  base = motion(x7)
+  by_dt = np.abs(motion(pack_pair(f_lo, f_hi, dt[::-1])) - base).max()
+  by_frame = np.abs(motion(pack_pair(f_lo, f_lo, dt)) - base).max()
+  print(f"D_M logit change: other Δt {by_dt:.3g}, second frame replaced {by_frame:.3g}")
+  assert by_dt > 1e-4 and by_frame > 1e-4
+
+
 def test_discriminator_rejects_wrong_shapes():
   d = DualDiscriminator(DiscriminatorConfig(resolution=32, channel_base=256, channel_max=16))
   with pytest.raises(ValueError, match="expects"):

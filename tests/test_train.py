@@ -55,19 +55,79 @@ def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("data")
 
 
+def _with_eval(config):
+  """The demo's own path, scaled down: FVD inside the loop (so a best/ checkpoint) and samples."""
+  config.eval_every_steps = 6
+  config.eval.at_end = True
+  config.eval.num_videos, config.eval.num_repeats, config.eval.batch_size = 8, 2, 8
+  config.sample_every_steps = NUM_STEPS
+  return config
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(data_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("uninterrupted")
-  metrics = train.train_and_evaluate(_smoke(data_dir), workdir)
+  metrics = train.train_and_evaluate(_with_eval(_smoke(data_dir)), workdir)
   return workdir, metrics
 
 
-def test_uninterrupted_run_writes_workdir(uninterrupted):
+def _host_tree(tree):
+  return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def _max_diff(a, b):
+  return max(float(np.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_uninterrupted_run_writes_workdir(uninterrupted, data_dir):
   workdir, metrics = uninterrupted
   assert np.isfinite(metrics["train/loss_g"]) and np.isfinite(metrics["train/loss_d"])
-  for name in ("config.json", "manifest.json", "checkpoints/12", "checkpoints/9"):
+  for name in ("config.json", "manifest.json", "checkpoints/12", "checkpoints/9", "eval/6.json",
+               "eval/12.json", "best/best.json", "samples/12/grid.gif", "samples/12/sampling.json"):
     assert (workdir / name).exists(), name
   assert not (workdir / "checkpoints" / "3").exists()  # keep_checkpoints=3: 6, 9, 12 remain
+  assert np.isfinite(metrics["eval/fvd"]) and metrics["eval/fvd"] > 0
+
+  # Training moved both networks away from the seed's initial state.
+  from digan_jax import sharding, steps as steps_lib
+  config = _smoke(data_dir)
+  init = _host_tree(steps_lib.DiganSteps(config, sharding.make_mesh(config.mesh))
+                    .create_train_state())
+  state = _restore_state(workdir / "checkpoints", NUM_STEPS)
+  moved_g, moved_d = _max_diff(state["g_params"], init.g_params), _max_diff(state["d_params"],
+                                                                            init.d_params)
+  # The EMA generator is a blend, neither the current G nor a copy of the initial one.
+  ema_vs_g = _max_diff(state["g_ema"]["params"], state["g_params"])
+  ema_vs_init = _max_diff(state["g_ema"]["params"], init.g_ema["params"])
+  print(f"after {NUM_STEPS} steps: |G - G0| {moved_g:.3g}, |D - D0| {moved_d:.3g}, "
+        f"|G_ema - G| {ema_vs_g:.3g}, |G_ema - G_ema0| {ema_vs_init:.3g}")
+  assert moved_g > 1e-3 and moved_d > 1e-3 and ema_vs_g > 1e-4 and ema_vs_init > 1e-4
+  # The separately saved EMA generator (what sampling and --mode=eval read) is the state's G_ema.
+  from digan_jax import checkpointing
+  saved = checkpointing.restore_numpy(workdir / "checkpoints", NUM_STEPS, "g_ema")
+  for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(state["g_ema"])):
+    np.testing.assert_array_equal(a, b)
+
+  # best/ holds the EMA generator of the step with the lowest in-loop FVD.
+  fvds = {s: json.loads((workdir / "eval" / f"{s}.json").read_text())["results"]["proxy"]["fvd"]
+          for s in (6, NUM_STEPS)}
+  best = json.loads((workdir / "best" / "best.json").read_text())
+  assert best["fvd"] == min(fvds.values()) and best["step"] == min(fvds, key=fvds.get)
+  best_g_ema = checkpointing.restore_numpy(workdir / "best", best["step"], "g_ema")
+  ckpt_g_ema = checkpointing.restore_numpy(workdir / "checkpoints", best["step"], "g_ema")
+  for a, b in zip(jax.tree.leaves(best_g_ema), jax.tree.leaves(ckpt_g_ema)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_sample_mode_renders_what_the_loop_rendered(uninterrupted, data_dir):
+  """--mode=sample reads the saved G_ema; the loop's write_samples used the live state.g_ema: the
+  same generator and seeds, so the same videos, byte for byte."""
+  workdir, _ = uninterrupted
+  out_dir = pathlib.Path(train.sample(_smoke(data_dir), workdir))
+  assert out_dir == workdir / "samples" / f"{NUM_STEPS}_cli"
+  loop_dir = workdir / "samples" / str(NUM_STEPS)
+  for name in ("grid.gif", "video_0000.gif", "video_0003.gif"):
+    assert (out_dir / name).read_bytes() == (loop_dir / name).read_bytes(), name
 
 
 def test_preempted_run_resumes_to_identical_parameters(uninterrupted, data_dir, tmp_path):
@@ -96,18 +156,23 @@ def test_preempted_run_resumes_to_identical_parameters(uninterrupted, data_dir, 
 
 
 def test_eval_mode_adds_fvd_of_the_latest_checkpoint(uninterrupted, data_dir):
+  """--mode=eval of the saved G_ema gives exactly the FVD that the loop measured on state.g_ema."""
   workdir, _ = uninterrupted
-  config = _smoke(data_dir)
-  config.eval.num_videos, config.eval.num_repeats, config.eval.batch_size = 8, 2, 8
+  path = workdir / "eval" / f"{NUM_STEPS}.json"
+  in_loop = json.loads(path.read_text())["results"]["proxy"]
+  assert not json.loads((workdir / "eval" / "6.json").read_text())["results"]["proxy"][
+      "real_cache_hit"]  # the first evaluation computed the real features
+  path.unlink()
+  config = _with_eval(_smoke(data_dir))
   first = train.evaluate(config, workdir)
-  record = json.loads((workdir / "eval" / f"{NUM_STEPS}.json").read_text())
+  record = json.loads(path.read_text())
   assert record["step"] == NUM_STEPS and set(record["results"]) == {"proxy"}
   result = record["results"]["proxy"]
   assert result["card"]["overrides"] == {"num_fake": 8, "num_real": 8, "num_trials": 2}
   assert len(result["fvd_trials"]) == 2 and result["fvd"] > 0 and np.isfinite(result["kvd"])
-  assert not result["real_cache_hit"]
-  again = train.evaluate(config, workdir)  # reals from the cache, same fakes: the same number
-  assert again["real_cache_hit"] and again["fvd"] == first["fvd"]
+  assert result["real_cache_hit"]  # reals computed in the loop, read from the cache
+  print(f"FVD at step {NUM_STEPS}: in the loop {in_loop['fvd']:.6f}, --mode=eval {first['fvd']:.6f}")
+  assert result["fvd_trials"] == in_loop["fvd_trials"] and first["fvd"] == in_loop["fvd"]
 
 
 def test_unfinished_checkpoint_is_ignored_on_resume(uninterrupted, data_dir, tmp_path, monkeypatch):
@@ -123,6 +188,39 @@ def test_unfinished_checkpoint_is_ignored_on_resume(uninterrupted, data_dir, tmp
   config = _smoke(data_dir, num_steps=4)
   train.train_and_evaluate(config, workdir)
   assert (workdir / "checkpoints" / "4").exists()
+
+  # Diverging from there (an absurd learning rate): the run stops with one clear error and writes
+  # no checkpoint after the last finite one, so a resume starts from a good state.
+  config = _smoke(data_dir, num_steps=10, base_lr=1e38, nonfinite_patience=2)
+  config.checkpoint_every_steps = 1
+  with pytest.raises(UserError, match="non-finite .* since step 5"):
+    train.train_and_evaluate(config, workdir)
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps == [3, 4], steps
+  state = _restore_state((workdir / "checkpoints").absolute(), 4)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state) if x.dtype.kind == "f")
+
+
+def test_state_with_a_non_finite_value_is_never_checkpointed(tmp_path, data_dir):
+  """Losses are computed before the update, so finite losses do not prove a finite state: the save
+  itself checks every value of the state (networks, EMA, Adam moments)."""
+  from digan_jax import sharding, steps as steps_lib
+  config = _smoke(data_dir)
+  steps = steps_lib.DiganSteps(config, sharding.make_mesh(config.mesh))
+  good = steps.create_train_state()
+  ckpts = train.Checkpoints(tmp_path, config, *_model_configs(config))
+  guard = steps_lib.NonFiniteGuard(3)
+  # One value of an Adam second moment, deep inside the state, overflowed.
+  leaves, treedef = jax.tree.flatten(good.d_opt_state)
+  i = max(k for k, x in enumerate(leaves) if x.dtype.kind == "f" and x.size > 1)
+  leaves[i] = leaves[i].at[(0,) * leaves[i].ndim].set(np.inf)
+  bad = good.replace(d_opt_state=jax.tree.unflatten(treedef, leaves))
+  assert not train._save_if_finite(ckpts, 1, bad, guard)
+  assert train._save_if_finite(ckpts, 2, good, guard)
+  guard.check(3, {"train/loss_g": float("nan")})  # last checked losses non-finite: no save either
+  assert not train._save_if_finite(ckpts, 3, good, guard)
+  ckpts.close()
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [2]
 
 
 def _model_configs(config):
@@ -160,11 +258,14 @@ def test_bad_batch_for_mesh(tmp_path, data_dir):
 
 @pytest.mark.parametrize("flag,message", [
     ("--config.train.global_batch_sise=3", "global_batch_sise"),
+    ("--config.train.global_batch_size=abc", "invalid literal"),
+    ("--config=configs/no_such_config.py", "no_such_config.py"),
+    ("--no_such_flag=1", "no_such_flag"),
     ("--config.data.name=no_such_dataset", "no_such_dataset"),
 ])
 def test_cli_errors_are_one_clear_message(tmp_path, data_dir, flag, message):
   proc = subprocess.run(_main_cmd(tmp_path / "wd", tmp_path / "empty_data", flag), cwd=REPO,
                         env=_env(), capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0
-  assert message in proc.stderr
-  assert "Traceback" not in proc.stderr or "global_batch_sise" in message
+  assert message in proc.stderr, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr, proc.stderr[-2000:]

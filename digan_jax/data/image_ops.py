@@ -18,11 +18,15 @@ IMAGE_FORMATS = ("png", "jpeg")
 
 
 def center_crop_square(frame):
-  """Crops the central square of side min(H, W) from [H, W, C]."""
+  """Crops the central square of side min(H, W) from [H, W, C].
+
+  Offsets are floored like the official `resize_crop` ((h - w) // 2), not rounded: they differ when
+  the excess is 3 mod 4 (16x23 -> columns 3..18, not 4..19).
+  """
   height, width = frame.shape[:2]
   side = min(height, width)
-  top = int(round((height - side) / 2.0))
-  left = int(round((width - side) / 2.0))
+  top = (height - side) // 2
+  left = (width - side) // 2
   return frame[top:top + side, left:left + side]
 
 
