@@ -59,7 +59,7 @@ def _with_eval(config):
   """The demo's own path, scaled down: FVD inside the loop (so a best/ checkpoint) and samples."""
   config.eval_every_steps = 6
   config.eval.at_end = True
-  config.eval.num_videos, config.eval.num_repeats, config.eval.batch_size = 8, 2, 8
+  config.eval.num_videos, config.eval.num_repeats, config.eval.batch_size = 8, 1, 8
   config.sample_every_steps = NUM_STEPS
   return config
 
@@ -168,8 +168,8 @@ def test_eval_mode_adds_fvd_of_the_latest_checkpoint(uninterrupted, data_dir):
   record = json.loads(path.read_text())
   assert record["step"] == NUM_STEPS and set(record["results"]) == {"proxy"}
   result = record["results"]["proxy"]
-  assert result["card"]["overrides"] == {"num_fake": 8, "num_real": 8, "num_trials": 2}
-  assert len(result["fvd_trials"]) == 2 and result["fvd"] > 0 and np.isfinite(result["kvd"])
+  assert result["card"]["overrides"] == {"num_fake": 8, "num_real": 8, "num_trials": 1}
+  assert len(result["fvd_trials"]) == 1 and result["fvd"] > 0 and np.isfinite(result["kvd"])
   assert result["real_cache_hit"]  # reals computed in the loop, read from the cache
   print(f"FVD at step {NUM_STEPS}: in the loop {in_loop['fvd']:.6f}, --mode=eval {first['fvd']:.6f}")
   assert result["fvd_trials"] == in_loop["fvd_trials"] and first["fvd"] == in_loop["fvd"]
@@ -188,17 +188,6 @@ def test_unfinished_checkpoint_is_ignored_on_resume(uninterrupted, data_dir, tmp
   config = _smoke(data_dir, num_steps=4)
   train.train_and_evaluate(config, workdir)
   assert (workdir / "checkpoints" / "4").exists()
-
-  # Diverging from there (an absurd learning rate): the run stops with one clear error and writes
-  # no checkpoint after the last finite one, so a resume starts from a good state.
-  config = _smoke(data_dir, num_steps=10, base_lr=1e38, nonfinite_patience=2)
-  config.checkpoint_every_steps = 1
-  with pytest.raises(UserError, match="non-finite .* since step 5"):
-    train.train_and_evaluate(config, workdir)
-  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-  assert steps == [3, 4], steps
-  state = _restore_state((workdir / "checkpoints").absolute(), 4)
-  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state) if x.dtype.kind == "f")
 
 
 def test_state_with_a_non_finite_value_is_never_checkpointed(tmp_path, data_dir):
