@@ -89,6 +89,7 @@ def get_config():
   config.sample_every_steps = 2000  # sample grids / videos
   config.eval_every_steps = 5000  # proxy FVD period (0 = off)
   config.profile = False  # capture a profiler trace of a few early steps (process 0)
+  config.tensorboard = True  # TensorBoard event files in the workdir (else scalars go to the log only)
 
   # ---- evaluation ----
   config.eval = ev = ml_collections.ConfigDict()

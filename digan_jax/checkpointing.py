@@ -10,7 +10,6 @@ alone. Steps written by the official-weight importer also hold `g` and `d`; trai
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
@@ -18,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from digan_jax.fileio import as_path
 from digan_jax.models.discriminator import DiscriminatorConfig
 from digan_jax.models.generator import GeneratorConfig, generator_config_from
 
@@ -34,12 +34,6 @@ def configs_from_card(card: dict[str, Any]) -> tuple[GeneratorConfig, Discrimina
   gcfg = generator_config_from(card["generator"])
   dcfg = DiscriminatorConfig(**card["discriminator"]) if "discriminator" in card else None
   return gcfg, dcfg
-
-
-def as_path(path) -> epath.Path:
-  """An epath for `path`; local paths made absolute (Orbax refuses relative checkpoint paths)."""
-  text = str(path)
-  return epath.Path(text if "://" in text else os.path.abspath(text))
 
 
 def manager(directory, max_to_keep: int | None = None, create: bool = True) -> ocp.CheckpointManager:

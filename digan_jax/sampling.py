@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from digan_jax import fileio
 from digan_jax.models.generator import Generator
 from digan_jax.models.inr import CoordGrid
 
@@ -79,17 +80,19 @@ def video_grid(videos: np.ndarray, columns: int | None = None, pad: int = 2) -> 
   return out
 
 
-def write_video(path: str, frames: np.ndarray, fps: int = 8) -> None:
-  """uint8 [T, H, W, 3] -> .gif or .mp4 (MP4 sides are padded to even sizes for H.264)."""
+def write_video(path, frames: np.ndarray, fps: int = 8) -> None:
+  """uint8 [T, H, W, 3] -> .gif or .mp4 (MP4 sides are padded to even sizes for H.264), local or
+  in an object store, written atomically (the encoders take local file names only)."""
   import imageio.v3 as iio
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  if path.endswith(".gif"):
-    iio.imwrite(path, frames, duration=1000.0 / fps, loop=0)
-    return
-  h, w = frames.shape[1:3]
-  frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-  iio.imwrite(path, frames, fps=fps, codec="libx264", plugin="pyav",
-              out_pixel_format="yuv420p")
+  suffix = os.path.splitext(os.fspath(path))[1]
+  with fileio.local_file(path, suffix=suffix) as local:
+    if suffix == ".gif":
+      iio.imwrite(local, frames, duration=1000.0 / fps, loop=0)
+      return
+    h, w = frames.shape[1:3]
+    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+    iio.imwrite(local, frames, fps=fps, codec="libx264", plugin="pyav",
+                out_pixel_format="yuv420p")
 
 
 def sample_times(num_frames: int, t_start: float = 0.0, t_end: float = 1.0) -> np.ndarray:
@@ -118,16 +121,16 @@ def sample_to_dir(gcfg, variables, output_dir, *, num_videos=16, num_frames=16, 
     videos.append(to_uint8(fn(variables, z_content[sl], z_motion[sl], times,
                               None if labels is None else labels[sl])))
   videos = np.concatenate(videos)
+  output_dir = fileio.as_path(output_dir)
   for i, v in enumerate(videos):
     for fmt in formats:
-      write_video(os.path.join(output_dir, f"video_{i:04d}.{fmt}"), v, fps)
+      write_video(output_dir / f"video_{i:04d}.{fmt}", v, fps)
   for fmt in formats:
-    write_video(os.path.join(output_dir, f"grid.{fmt}"), video_grid(videos), fps)
+    write_video(output_dir / f"grid.{fmt}", video_grid(videos), fps)
   card = dict(num_videos=num_videos, num_frames=num_frames, t_start=t_start, t_end=t_end,
               seed=seed, motion_seed=motion_seed, scale=scale, zoom=zoom,
               frame_size=list(videos.shape[2:4]))
-  with open(os.path.join(output_dir, "sampling.json"), "w") as f:
-    json.dump(card, f, indent=1)
+  fileio.write_json(output_dir / "sampling.json", card)
   return {**card, "videos": videos}
 
 

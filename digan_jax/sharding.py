@@ -112,3 +112,17 @@ def global_batch_from_local(local_batch: dict[str, Any], mesh: Mesh,
     out[name] = jax.make_array_from_process_local_data(
         batch_sharding(mesh, value.ndim), value, (rows,) + value.shape[1:])
   return out
+
+
+def from_process_0(value: int) -> int:
+  """Process 0's `value` on every process.
+
+  Whatever a process reads from storage and then acts on collectively (the step to resume from, a
+  feature-cache hit) must be one decision: with a listing that differs between hosts (an object
+  store's eventual consistency, a cache written meanwhile) the processes would enter different
+  collectives and hang.
+  """
+  if jax.process_count() == 1:
+    return int(value)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return int(multihost_utils.broadcast_one_to_all(np.int32(value)))

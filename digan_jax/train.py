@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from digan_jax import checkpointing, sharding
+from digan_jax import checkpointing, fileio, sharding
 from digan_jax.errors import UserError
 from digan_jax.models import factory
 
@@ -33,7 +33,7 @@ _BATCH_KEYS = ("frames", "delta_t")
 
 
 def _prepare_workdir(workdir) -> epath.Path:
-  path = checkpointing.as_path(workdir)
+  path = fileio.as_path(workdir)
   try:
     path.mkdir(parents=True, exist_ok=True)
     probe = path / f".write_test_{jax.process_index()}"
@@ -63,7 +63,7 @@ def write_manifest(workdir: epath.Path, config, mesh) -> dict:
   path = workdir / "manifest.json"
   starts = json.loads(path.read_text()) if path.exists() else []
   starts.append(entry)
-  path.write_text(json.dumps(starts, indent=1))
+  fileio.write_bytes(path, json.dumps(starts, indent=1).encode())
   return entry
 
 
@@ -175,7 +175,7 @@ class Checkpoints:
         g_ema=ocp.args.StandardSave(state.g_ema), model=ocp.args.JsonSave(self.card)), force=True)
     self.best.wait_until_finished()
     if jax.process_index() == 0:
-      (self.workdir / "best" / "best.json").write_text(json.dumps({"step": step, "fvd": fvd}))
+      fileio.write_json(self.workdir / "best" / "best.json", {"step": step, "fvd": fvd})
 
   def restore(self, step: int, abstract_state):
     target = jax.tree.map(
@@ -254,13 +254,15 @@ def train_and_evaluate(config, workdir) -> dict:
     raise UserError(str(e)) from e
   gcfg, dcfg = factory.generator_config(config.model), factory.discriminator_config(config.model)
   if jax.process_index() == 0:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+    fileio.write_bytes(workdir / "config.json", config.to_json_best_effort(indent=1).encode())
     write_manifest(workdir, config, mesh)
   data_dir, name = resolve_dataset(config, workdir)
   ckpts = Checkpoints(workdir, config, gcfg, dcfg)
   num_steps = total_steps(config)
 
   start = ckpts.latest_step()
+  start = sharding.from_process_0(-1 if start is None else start)
+  start = None if start < 0 else start
   if start is None:
     state = steps.create_train_state()
     start = 0
@@ -274,7 +276,8 @@ def train_and_evaluate(config, workdir) -> dict:
   train_step = steps.jit_train_step()
   guard = steps_lib.NonFiniteGuard(config.train.nonfinite_patience)
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0 or not config.tensorboard)
   hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                            every_steps=config.log_every_steps)]
   if config.profile and jax.process_index() == 0:
@@ -409,7 +412,7 @@ def write_samples(config, workdir, state, step: int, writer=None):
 
 def evaluate(config, workdir) -> dict:
   """--mode=eval: FVD of a checkpoint's EMA generator, added to WORKDIR/eval/<step>.json."""
-  workdir = checkpointing.as_path(workdir)
+  workdir = fileio.as_path(workdir)
   step = None if config.eval.step < 0 else int(config.eval.step)
   try:
     gcfg, g_ema, step = checkpointing.restore_generator(workdir / "checkpoints", step)
@@ -430,7 +433,7 @@ def evaluate(config, workdir) -> dict:
 def sample(config, workdir):
   """--mode=sample: videos from the latest checkpoint's EMA generator per config.sample."""
   from digan_jax import sampling  # pylint: disable=g-import-not-at-top
-  workdir = checkpointing.as_path(workdir)
+  workdir = fileio.as_path(workdir)
   try:
     gcfg, g_ema, step = checkpointing.restore_generator(workdir / "checkpoints")
   except FileNotFoundError as e:

@@ -9,11 +9,17 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # TensorFlow (data tests) must never grab an accelerator or flood the log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-# One persistent compilation cache for the session and the trainer subprocesses it starts: the
-# same small programs are compiled by many tests, and compiling dominates CPU test time.
+# One persistent compilation cache for the session, its xdist workers and the trainer subprocesses
+# they start: the same small programs are compiled by many tests, and compiling dominates CPU test
+# time. Workers of one run share it through xdist's run id (JAX writes cache entries atomically).
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   import tempfile  # noqa: E402
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="digan_jax_xla_cache_")
+  _run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+  if _run_id:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
+        tempfile.gettempdir(), f"digan_jax_xla_cache_{_run_id}")
+  else:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="digan_jax_xla_cache_")
 
 import pathlib  # noqa: E402
 

@@ -139,9 +139,10 @@ def test_super_resolution_render(tiny):
 def test_bfloat16_compute_close_to_float32(tiny):
   g, variables, z, zm = tiny
   times = jnp.array([0.0, 0.5])
-  ref = np.asarray(g.apply(variables, z, zm, times))
+  # Jitted: op-by-op bfloat16 on CPU spends minutes in dispatch.
+  ref = np.asarray(jax.jit(g.apply)(variables, z, zm, times))
   g16 = Generator(TINY, dtype=jnp.bfloat16)
-  out = g16.apply(variables, z, zm, times)
+  out = jax.jit(g16.apply)(variables, z, zm, times)
   assert out.dtype == jnp.float32
   rel = np.abs(np.asarray(out) - ref).max() / np.abs(ref).max()
   print(f"bfloat16 vs float32 generator: max abs error / max |output| = {rel:.4g}")
@@ -150,8 +151,8 @@ def test_bfloat16_compute_close_to_float32(tiny):
   x = jax.random.normal(jax.random.key(3), (4, 32, 32, 7))
   d = DualDiscriminator(dcfg)
   dv = d.init(jax.random.key(4), x)
-  m32, i32 = d.apply(dv, x)
-  m16, i16 = DualDiscriminator(dcfg, dtype=jnp.bfloat16).apply(dv, x)
+  m32, i32 = jax.jit(d.apply)(dv, x)
+  m16, i16 = jax.jit(DualDiscriminator(dcfg, dtype=jnp.bfloat16).apply)(dv, x)
   # bfloat16 keeps ~3 significant digits per matmul; logits at init are small (|l| ~ 0.05).
   for lo, hi in [(m16, m32), (i16, i32)]:
     rel = float(jnp.abs(lo - hi).max() / jnp.abs(hi).max())

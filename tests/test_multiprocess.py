@@ -95,10 +95,12 @@ def test_trainer_through_local_launcher_matches_one_process(tmp_path):
   launcher = ["bash", str(REPO / "launch" / "local.sh"), "--num_processes=2",
               "--devices_per_process=2", "--timeout=600", "--", *common, f"--workdir={workdir}"]
   run(launcher + ["--config.train.num_steps=3"])  # stops at 3 with a checkpoint
-  run(launcher + ["--config.train.num_steps=6"])  # a new job resumes from it
+  # A new job resumes from it and evaluates at its end, in both processes (in-loop, like a pod run;
+  # --mode=eval runs the same Evaluator after a restore, which the resume already covers).
+  run(launcher + ["--config.train.num_steps=6", "--config.eval.at_end=True"])
   logs = (workdir / "logs" / "process_0.log").read_text()
   assert "Resumed from step 3" in logs and "process 0/2, 2 local / 4 global devices" in logs
-  run(launcher + ["--config.train.num_steps=6", "--mode=eval"])
+  assert "step 6: FVD" in logs
 
   manifest = json.loads((workdir / "manifest.json").read_text())
   assert [m["process_count"] for m in manifest] == [2, 2] and manifest[0]["device_count"] == 4

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 
+from digan_jax import fileio
 from digan_jax.data import image_ops
 from digan_jax.data import parallel
 from digan_jax.data import recipes
@@ -65,7 +66,19 @@ def _check_name(name):
 
 
 def _move_into_place(built_dir, final_dir, overwrite):
-  """Renames the finished dataset into place (one atomic rename; the old copy is removed after)."""
+  """Renames the finished dataset into place (one atomic rename; the old copy is removed after).
+
+  An object store has no rename: the files are uploaded with each version's dataset_info.json
+  last, so readers (storage.find_dataset_dir) see either no dataset or a whole one.
+  """
+  if fileio.is_remote(final_dir):
+    target = fileio.as_path(final_dir)
+    if target.exists():
+      if not overwrite:
+        raise FileExistsError(f"{final_dir} exists; pass --overwrite to replace it.")
+      target.rmtree()
+    fileio.copy_tree(built_dir, target, last=("dataset_info.json",))
+    return
   if os.path.exists(final_dir):
     if not overwrite:
       raise FileExistsError(f"{final_dir} exists; pass --overwrite to replace it.")
@@ -93,16 +106,17 @@ def prepare_dataset(output_dir, name, resolution, *, input_dir=None, layout="fil
     raise ValueError(f"Unknown --resize_method={resize_method!r}; use one of {image_ops.RESIZE_METHODS}.")
   if resolution < 4:
     raise ValueError(f"--resolution must be >= 4, got {resolution}.")
-  output_dir = os.path.abspath(os.fspath(output_dir))
+  remote = fileio.is_remote(output_dir)
+  output_dir = os.fspath(output_dir) if remote else os.path.abspath(os.fspath(output_dir))
   final_dir = os.path.join(output_dir, name)
-  if os.path.exists(final_dir) and not overwrite:
+  if fileio.as_path(final_dir).exists() and not overwrite:
     raise FileExistsError(f"{final_dir} exists; pass --overwrite to replace it or choose another --name.")
   if plan is None:
     if input_dir is None:
       raise ValueError("Pass --input=DIR (or --recipe=...).")
     plan = recipes.layout_plan(input_dir, layout, splits)
   num_workers = num_workers or os.cpu_count() or 1
-  os.makedirs(output_dir, exist_ok=True)
+  fileio.as_path(output_dir).mkdir(parents=True, exist_ok=True)
   started = time.time()
 
   counts = {split: {"prepared": 0, "skipped": 0, "frames": 0} for split in plan.splits}
@@ -142,7 +156,8 @@ def prepare_dataset(output_dir, name, resolution, *, input_dir=None, layout="fil
       "counts": counts,
       "skipped": skipped,
   }
-  staging = tempfile.mkdtemp(prefix=f".incomplete-{name}-", dir=output_dir)
+  # Beside the output for a same-filesystem rename; in the system temp dir for an object store.
+  staging = tempfile.mkdtemp(prefix=f".incomplete-{name}-", dir=None if remote else output_dir)
   try:
     # Import TF only now: the worker processes above never need it.
     from digan_jax.data import storage  # pylint: disable=g-import-not-at-top
@@ -161,8 +176,7 @@ def prepare_dataset(output_dir, name, resolution, *, input_dir=None, layout="fil
     if empty or not plan.splits:
       report["seconds"] = round(time.time() - started, 2)
       report_path = os.path.join(output_dir, f"{name}.{REPORT_NAME}")
-      with open(report_path, "w") as f:
-        json.dump(report, f, indent=2)
+      fileio.write_json(report_path, report)
       reasons = sorted({s["reason"].split(":")[0] for s in skipped})[:5]
       raise EmptyDatasetError(
           f"Refusing to write dataset {name!r}: no usable videos in split(s) {empty or '(none)'} "

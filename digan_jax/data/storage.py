@@ -7,12 +7,16 @@ video i of a split is record i. Per-video lengths and labels are kept in a small
 `tfds build`), the records are scanned once and the side file is written if the folder allows.
 """
 
+import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
 
 import numpy as np
 
+from digan_jax import fileio
 from digan_jax.data import tf_utils
 
 _VERSION_DIR = re.compile(r"^\d+\.\d+\.\d+$")
@@ -26,21 +30,24 @@ def _version_key(version):
   return tuple(int(part) for part in version.split("."))
 
 
-def find_dataset_dir(data_dir, name):
-  """data_dir/name[/config]/<highest complete version>, or a clear error naming the fix."""
+def find_dataset_dir(data_dir, name) -> str:
+  """data_dir/name[/config]/<highest complete version>, or a clear error naming the fix.
+
+  data_dir may be local or in an object store (gs://...)."""
   data_dir = os.fspath(data_dir)
   name = name.strip("/")
-  root = os.path.join(data_dir, name)
+  root = fileio.as_path(data_dir) / name
   versions = []
-  if os.path.isdir(root):
-    versions = [v for v in os.listdir(root)
-                if _VERSION_DIR.match(v) and os.path.isfile(os.path.join(root, v, "dataset_info.json"))]
+  if root.is_dir():
+    versions = [v.name for v in root.iterdir()
+                if _VERSION_DIR.match(v.name) and (v / "dataset_info.json").exists()]
   if not versions:
     available = []
-    if os.path.isdir(data_dir):
-      for dirpath, _, files in os.walk(data_dir):
-        if "dataset_info.json" in files:
-          available.append(os.path.relpath(os.path.dirname(dirpath), data_dir))
+    top = fileio.as_path(data_dir)
+    if top.is_dir():
+      for info in fileio.list_files(top):
+        if info.name == "dataset_info.json":
+          available.append(os.fspath(info.parent.parent.relative_to(top)))
     hint = (f"Build it with: python -m digan_jax.data.prepare --recipe=synthetic_videos "
             f"--output={data_dir} --resolution=R [--num_videos=N] (config names: r<R>[_n<N>]...; "
             "see builders/synthetic_videos.py)" if name.startswith("synthetic_videos") else
@@ -48,7 +55,36 @@ def find_dataset_dir(data_dir, name):
             f"--name={name} --resolution=R (see digan_jax/data/DATASETS.md)")
     raise DatasetNotFoundError(
         f"No prepared dataset {name!r} in data dir {data_dir!r} (found: {sorted(available) or 'none'}). {hint}")
-  return os.path.join(root, max(versions, key=_version_key))
+  return os.fspath(root / max(versions, key=_version_key))
+
+
+def local_copy(dataset_dir) -> str:
+  """A local directory holding `dataset_dir`: itself when local; for an object store, a copy in
+  $DIGAN_DATA_CACHE (default: the system temp dir), made once per host.
+
+  ArrayRecord reads through local file descriptors only (riegeli has no open-source GCS reader),
+  so a pod host copies its dataset to local disk first, as TPU VMs do with their local SSD. The
+  copy is renamed into place whole, so concurrent processes on one host never read half of one.
+  """
+  if not fileio.is_remote(dataset_dir):
+    return os.fspath(dataset_dir)
+  cache = os.environ.get("DIGAN_DATA_CACHE") or os.path.join(tempfile.gettempdir(), "digan_data_cache")
+  digest = hashlib.sha256(os.fspath(dataset_dir).encode()).hexdigest()[:16]
+  final = os.path.join(cache, f"{os.path.basename(os.fspath(dataset_dir))}-{digest}")
+  if os.path.isfile(os.path.join(final, "dataset_info.json")):
+    return final
+  os.makedirs(cache, exist_ok=True)
+  partial = tempfile.mkdtemp(prefix=".partial-", dir=cache)
+  try:
+    fileio.copy_tree(dataset_dir, partial, last=("dataset_info.json",))
+    try:
+      os.rename(partial, final)
+    except OSError:  # another process on this host finished first
+      if not os.path.isfile(os.path.join(final, "dataset_info.json")):
+        raise
+  finally:
+    shutil.rmtree(partial, ignore_errors=True)
+  return final
 
 
 def video_index_path(dataset_dir, split):
@@ -77,11 +113,7 @@ def scan_video_index(files):
 def write_video_index(dataset_dir, split, files):
   """Scans a split and writes its side file atomically; returns (lengths, labels)."""
   lengths, labels = scan_video_index(files)
-  path = video_index_path(dataset_dir, split)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    np.savez(f, lengths=lengths, labels=labels)
-  os.replace(tmp, path)
+  fileio.write_npz(video_index_path(dataset_dir, split), lengths=lengths, labels=labels)
   return lengths, labels
 
 
@@ -89,12 +121,13 @@ class VideoDataset:
   """One split (or a '+'-joined union of splits, e.g. 'train+test') of a prepared dataset."""
 
   def __init__(self, data_dir, name, split):
-    self.dataset_dir = find_dataset_dir(data_dir, name)
+    self.dataset_dir = find_dataset_dir(data_dir, name)  # where it lives, named in messages
+    self.local_dir = local_copy(self.dataset_dir)  # where it is read
     self.name = name
     self.split = split
-    with open(os.path.join(self.dataset_dir, "dataset_info.json")) as f:
+    with open(os.path.join(self.local_dir, "dataset_info.json")) as f:
       info = json.load(f)
-    with open(os.path.join(self.dataset_dir, "features.json")) as f:
+    with open(os.path.join(self.local_dir, "features.json")) as f:
       self._features_json = json.load(f)
     self.info = info
     file_format = info.get("fileFormat", "tfrecord")
@@ -108,14 +141,14 @@ class VideoDataset:
       if part not in splits:
         raise ValueError(f"Dataset {name!r} has no split {part!r}; available: {sorted(splits)} "
                          "(join splits with '+', e.g. 'train+test').")
-      part_files = self.split_files(self.dataset_dir, part, info)
-      index_path = video_index_path(self.dataset_dir, part)
+      part_files = self.split_files(self.local_dir, part, info)
+      index_path = video_index_path(self.local_dir, part)
       if os.path.isfile(index_path):
         with np.load(index_path) as index:
           part_lengths, part_labels = index["lengths"], index["labels"]
       else:
         try:
-          part_lengths, part_labels = write_video_index(self.dataset_dir, part, part_files)
+          part_lengths, part_labels = write_video_index(self.local_dir, part, part_files)
         except OSError:  # Read-only dataset folder: keep the scan in memory only.
           part_lengths, part_labels = scan_video_index(part_files)
       files += part_files
@@ -164,7 +197,7 @@ class VideoDataset:
     return out
 
   def class_names(self):
-    path = os.path.join(self.dataset_dir, "label.labels.txt")
+    path = os.path.join(self.local_dir, "label.labels.txt")
     if os.path.isfile(path):
       with open(path) as f:
         return [line.rstrip("\n") for line in f]

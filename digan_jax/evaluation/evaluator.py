@@ -28,17 +28,16 @@ import functools
 import hashlib
 import json
 import math
-import os
-import pathlib
-import tempfile
 import time
 from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from digan_jax import fileio, sharding
 from digan_jax.evaluation import i3d
 from digan_jax.evaluation import metrics
 
@@ -510,39 +509,12 @@ def clip_source_from_dataset(data_dir, name: str, split: str, protocol: Protocol
   return ClipSource(make, fingerprint, f"{name} {split} ({dataset.dataset_dir})")
 
 
-def real_cache_path(cache_dir, protocol: Protocol, dataset_fingerprint: str) -> pathlib.Path:
+def real_cache_path(cache_dir, protocol: Protocol, dataset_fingerprint: str) -> epath.Path:
   """<cache_dir>/real_<protocol>_<sha of the real-deciding protocol fields + fingerprint>.npz."""
   key = json.dumps({"protocol": protocol.real_fields(), "dataset": dataset_fingerprint,
                     "i3d": i3d.WEIGHTS_SHA256, "version": CACHE_VERSION}, sort_keys=True)
   digest = hashlib.sha256(key.encode()).hexdigest()[:20]
-  return pathlib.Path(cache_dir) / f"real_{protocol.name}_{digest}.npz"
-
-
-def _write_npz_atomic(path: pathlib.Path, **arrays) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)  # readers never see a half-written cache
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
-def _write_json_atomic(path: pathlib.Path, obj) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=1, sort_keys=True)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  return fileio.as_path(cache_dir) / f"real_{protocol.name}_{digest}.npz"
 
 
 def real_feature_sets(real_clips, protocol: Protocol, *, dataset_fingerprint: str | None = None,
@@ -567,13 +539,18 @@ def real_feature_sets(real_clips, protocol: Protocol, *, dataset_fingerprint: st
   if cache_dir is not None and dataset_fingerprint:
     path = real_cache_path(cache_dir, protocol, dataset_fingerprint)
     info["cache"] = str(path)
-    if path.is_file():
-      with np.load(path, allow_pickle=False) as data:
-        sets, meta = data["features"], json.loads(str(data["meta"]))
-      want = (protocol.num_real_sets, protocol.num_real, i3d.NUM_CLASSES)
-      if sets.shape == want and meta.get("dataset_fingerprint") == dataset_fingerprint:
-        info.update(cache_hit=True, selection=meta.get("selection"))
-        return sets, info
+    cached = _read_cache(path, protocol, dataset_fingerprint)
+    # One decision for all processes: a process that computed the features while another read them
+    # would wait forever in the feature graph's collectives.
+    if sharding.from_process_0(cached is not None):
+      if cached is None:  # process 0 read a cache this process cannot see (yet)
+        cached = _read_cache(path, protocol, dataset_fingerprint, wait_s=60.0)
+      if cached is None:
+        raise FileNotFoundError(f"process {jax.process_index()} cannot read the real-feature cache "
+                                f"{path} that process 0 read; put it on storage all hosts share")
+      sets, meta = cached
+      info.update(cache_hit=True, selection=meta.get("selection"))
+      return sets, info
   start = time.perf_counter()
   kwargs = dict(mesh=mesh, batch_size=batch_size, i3d_vars=i3d_vars, progress=progress)
   if isinstance(real_clips, ClipSource):
@@ -606,8 +583,29 @@ def real_feature_sets(real_clips, protocol: Protocol, *, dataset_fingerprint: st
   if path is not None and jax.process_index() == 0:
     meta = {"dataset_fingerprint": dataset_fingerprint, "protocol": protocol.real_fields(),
             "selection": selection, "i3d_weights_sha256": i3d.WEIGHTS_SHA256}
-    _write_npz_atomic(path, features=sets.astype(np.float32), meta=np.array(json.dumps(meta)))
+    fileio.write_npz(path, features=sets.astype(np.float32), meta=np.array(json.dumps(meta)))
   return sets, info
+
+
+def _read_cache(path: epath.Path, protocol: Protocol, dataset_fingerprint: str,
+                wait_s: float = 0.0) -> tuple[np.ndarray, dict] | None:
+  """(sets, meta) of a valid cache file, or None (missing, unreadable or for other settings)."""
+  deadline = time.monotonic() + wait_s
+  while True:
+    try:
+      data = fileio.read_npz(path) if path.exists() else None
+    except (OSError, ValueError):
+      data = None  # a damaged cache is recomputed and replaced
+    if data is not None or time.monotonic() >= deadline:
+      break
+    time.sleep(1.0)
+  if data is None:
+    return None
+  sets, meta = data["features"], json.loads(str(data["meta"]))
+  want = (protocol.num_real_sets, protocol.num_real, i3d.NUM_CLASSES)
+  if sets.shape != want or meta.get("dataset_fingerprint") != dataset_fingerprint:
+    return None
+  return sets, meta
 
 
 def _subset(n: int, k: int, seed: int) -> np.ndarray:
@@ -687,13 +685,13 @@ def evaluate(generator, g_ema_vars, protocol: Protocol | str, real_clips, *,
                       "jax": jax.__version__, "batch_size": _global_batch(mesh, batch_size)},
   }
   if out_path is not None and jax.process_index() == 0:
-    _write_json_atomic(pathlib.Path(out_path), result)
+    fileio.write_json(out_path, result)
   return result
 
 
-def checkpoint_dir(workdir_or_ckpt_dir) -> pathlib.Path:
+def checkpoint_dir(workdir_or_ckpt_dir) -> epath.Path:
   """WORKDIR/checkpoints when given a workdir, else the directory itself."""
-  path = pathlib.Path(workdir_or_ckpt_dir)
+  path = fileio.as_path(workdir_or_ckpt_dir)
   return path / "checkpoints" if (path / "checkpoints").is_dir() else path
 
 
@@ -713,7 +711,7 @@ def evaluate_checkpoint(workdir_or_ckpt_dir, protocol_name: str, real_clips,
   ckpt_dir = checkpoint_dir(workdir_or_ckpt_dir)
   protocol = get_protocol(protocol_name, **dict(protocol_overrides or {}))
   gcfg, g_ema, step = checkpointing.restore_generator(ckpt_dir, step)
-  out_dir = pathlib.Path(out_dir) if out_dir is not None else ckpt_dir.parent / "eval"
+  out_dir = fileio.as_path(out_dir) if out_dir is not None else ckpt_dir.parent / "eval"
   kwargs.setdefault("cache_dir", out_dir / "real_cache")
   result = evaluate(gcfg, g_ema, protocol, real_clips, dataset_fingerprint=dataset_fingerprint,
                     step=step, **kwargs)
@@ -722,22 +720,21 @@ def evaluate_checkpoint(workdir_or_ckpt_dir, protocol_name: str, real_clips,
   return result
 
 
-def record_result(out_dir, step: int, result: Mapping[str, Any]) -> pathlib.Path:
+def record_result(out_dir, step: int, result: Mapping[str, Any]) -> epath.Path:
   """Adds `result` to <out_dir>/<step>.json ({"step": s, "results": {protocol: result}}), atomically.
 
   Several protocols of one step live side by side; only process 0 writes.
   """
-  path = pathlib.Path(out_dir) / f"{step}.json"
+  path = fileio.as_path(out_dir) / f"{step}.json"
   if jax.process_index() != 0:
     return path
   record = {"step": step, "results": {}}
   if path.is_file():
     try:
-      with open(path) as f:
-        record = json.load(f)
+      record = fileio.read_json(path)
     except (OSError, json.JSONDecodeError):
       pass  # a damaged file is replaced, never merged into
   record.setdefault("results", {})[result["protocol"]] = dict(result)
   record["step"] = step
-  _write_json_atomic(path, record)
+  fileio.write_json(path, record)
   return path

@@ -12,6 +12,7 @@ import os
 import re
 import tempfile
 
+from digan_jax import fileio
 from digan_jax.data import parallel
 from digan_jax.data import synthetic_videos
 from digan_jax.data import tf_utils
@@ -112,7 +113,18 @@ class SyntheticVideos(tfds.core.GeneratorBasedBuilder):
 
 
 def build(data_dir, config, num_workers=None):
-  """Builds (if missing) synthetic_videos/<config> under data_dir; returns the dataset directory."""
+  """Builds (if missing) synthetic_videos/<config> under data_dir; returns the dataset directory.
+
+  ArrayRecord files are written through local file descriptors only, so a data dir in an object
+  store gets a local build that is then uploaded (dataset_info.json last: until it lands, readers
+  see no dataset rather than part of one).
+  """
+  if fileio.is_remote(data_dir):
+    with tempfile.TemporaryDirectory(prefix="digan_build_") as local:
+      built = os.fspath(build(local, config, num_workers))
+      target = fileio.as_path(data_dir) / os.path.relpath(built, local)
+      fileio.copy_tree(built, target, last=("dataset_info.json",))
+    return target
   builder = SyntheticVideos(config=config, data_dir=os.fspath(data_dir), num_workers=num_workers)
   # Nothing is downloaded; keep TFDS's download folder out of the data dir.
   with tempfile.TemporaryDirectory() as download_dir:
