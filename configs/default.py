@@ -1,4 +1,4 @@
-"""Every configuration field, with the official DIGAN recipe at 128x128 (spec §7.1) as defaults.
+"""Every configuration field; defaults = the official DIGAN recipe at 128x128 (`configs/main.yml`).
 
 Other configs start from `get_config()` here and override a few fields. Override any field on the
 command line, e.g. `--config.train.global_batch_size=32`.
@@ -10,7 +10,7 @@ import ml_collections
 def get_config():
   config = ml_collections.ConfigDict()
 
-  # ---- model (spec §2-3) ----
+  # ---- model ----
   config.model = model = ml_collections.ConfigDict()
   model.generator = g = ml_collections.ConfigDict()
   g.resolution = 128  # output frame size; power of two, 32..256 (smaller with a smaller input grid)
@@ -34,13 +34,13 @@ def get_config():
   d.channel_base = 32768  # widths: min(channel_base // res, channel_max)
   d.channel_max = 512  # widest layer
   d.conv_clamp = 256.0  # clamp of conv outputs (official: 256 in all precisions)
-  d.mbstd_group_size = 4  # minibatch-std group over the global batch (strided, spec §3.3)
+  d.mbstd_group_size = 4  # minibatch-std group over the global batch (strided, as StyleGAN2-ADA)
   d.mbstd_num_channels = 1  # minibatch-std feature channels
   d.mapping_layers = 8  # label mapping depth of the projection head (c_dim > 0)
 
   model.compute_dtype = "float32"  # "bfloat16" for speed runs; params stay float32
 
-  # ---- data (spec §4, §9) ----
+  # ---- data ----
   config.data = data = ml_collections.ConfigDict()
   data.name = "synthetic_videos"  # TFDS dataset name (a prepared dataset or a builder)
   data.data_dir = ""  # TFDS data dir; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
@@ -54,7 +54,7 @@ def get_config():
   data.synthetic_num_videos = 1024  # train videos of synthetic_videos when main builds it
   data.synthetic_num_test_videos = 256  # test videos of synthetic_videos when main builds it
 
-  # ---- training (spec §5-7) ----
+  # ---- training ----
   config.train = train = ml_collections.ConfigDict()
   train.seed = 0  # global seed: init, latents, augmentation, data order
   train.global_batch_size = 64  # videos per step over all devices and processes

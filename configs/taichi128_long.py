@@ -1,4 +1,4 @@
-"""TaiChi-HD 128 frames (stride 4) with σ_t = 0.5 (paper: long-video model, spec D25)."""
+"""TaiChi-HD 128 frames (stride 4) with σ_t = 0.5 (paper's long-video model; no official code)."""
 
 from configs import taichi128
 

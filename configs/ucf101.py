@@ -1,4 +1,4 @@
-"""UCF-101 128x128, fold-1 train split only (the paper's "train split" rows; spec D5)."""
+"""UCF-101 128x128, fold-1 train split only (paper's "train split" rows; official: train+test)."""
 
 from configs import default
 

@@ -1,4 +1,4 @@
-"""UCF-101 128x128 on train+test of fold 1 (13,320 videos), as the official code trains (spec D5)."""
+"""UCF-101 128x128 on train+test of fold 1 (13,320 videos): the official train and FVD set."""
 
 from configs import ucf101
 

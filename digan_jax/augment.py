@@ -1,7 +1,8 @@
-"""DiffAugment for DIGAN's frame pairs (spec §5, D21): color, translation, optional cutout.
+"""DiffAugment for DIGAN's frame pairs: color, translation, optional cutout.
 
-Random parameters are drawn once per video and shared by its two frames; statistics (the means of
-saturation and contrast) are taken per frame; the Δt plane of the motion-D input is never touched.
+As in the official `src/training/diffaugment.py`, random parameters are drawn once per video and
+shared by its two frames; statistics (the means of saturation and contrast) are taken per frame;
+the Δt plane of the motion-D input is never touched.
 Drawing (`sample_params`) is separate from applying (`apply_frames`), so a step can draw the
 parameters of a whole global batch once and slice them per micro-batch, and tests can pin them.
 Everything is differentiable with respect to the frames (translation and cutout are masked gathers).

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import resource
 import sys
@@ -30,6 +31,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 # Dense peak FLOP/s per device by (device-kind substring, dtype). float32 on GPUs counts TF32
@@ -192,9 +194,50 @@ def render_benchmark(args) -> dict[str, Any]:
   return out
 
 
+def bench_i3d(batch_size: int = 4, num_frames: int = 16, iters: int = 3,
+              precision="highest", path=None) -> dict:
+  """Measures I3D forward throughput on random [batch, num_frames, 224, 224, 3] clips.
+
+  Returns a dict with compile time, mean step time, clips/s and XLA's FLOP count per clip on the
+  default backend (for MFU in benchmark.py).
+  """
+  from digan_jax.evaluation import i3d, i3d_weights  # pylint: disable=g-import-not-at-top
+  _, variables = i3d_weights.load_i3d(path, precision=precision)
+  videos = jax.random.uniform(jax.random.key(0),
+                              (batch_size, num_frames, i3d.INPUT_SIZE, i3d.INPUT_SIZE, 3),
+                              jnp.float32, -1.0, 1.0)
+  start = time.perf_counter()
+  fn = jax.jit(functools.partial(i3d.i3d_logits, precision=precision)).lower(
+      variables, videos).compile()
+  fn(variables, videos).block_until_ready()
+  compile_s = time.perf_counter() - start
+  cost = fn.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax returns one dict per computation
+    cost = cost[0] if cost else None
+  flops = float(cost["flops"]) if cost and "flops" in cost else float("nan")
+  times = []
+  for _ in range(iters):
+    start = time.perf_counter()
+    fn(variables, videos).block_until_ready()
+    times.append(time.perf_counter() - start)
+  step_s = float(np.mean(times))
+  device = jax.devices()[0]
+  return {
+      "backend": jax.default_backend(),
+      "device": getattr(device, "device_kind", str(device)),
+      "batch_size": batch_size,
+      "num_frames": num_frames,
+      "precision": str(precision),
+      "compile_and_first_call_s": compile_s,
+      "step_s": step_s,
+      "step_s_min": float(np.min(times)),
+      "clips_per_sec": batch_size / step_s,
+      "gflops_per_clip": flops / batch_size / 1e9,
+  }
+
+
 def i3d_benchmark(args) -> dict[str, Any]:
-  from digan_jax.evaluation import i3d  # pylint: disable=g-import-not-at-top
-  out = i3d.bench_i3d(batch_size=args.batch_size, num_frames=args.num_frames, iters=args.iters,
+  out = bench_i3d(batch_size=args.batch_size, num_frames=args.num_frames, iters=args.iters,
                       precision=args.precision)
   flops = out["gflops_per_clip"] * 1e9 * out["clips_per_sec"]
   peak = peak_flops(jax.devices()[0], "float32")

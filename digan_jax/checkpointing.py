@@ -5,11 +5,16 @@ step has the items `g_ema` (the EMA generator's variables) and `model` (JSON: ge
 discriminator configs), so sampling and evaluation can rebuild the generator from the checkpoint
 alone. Steps written by the official-weight importer also hold `g` and `d`; training steps hold
 `state` (the whole train state).
+
+A training workdir holds checkpoints/<step>/ (the last config.keep_checkpoints steps) and
+best/<step>/ (the EMA generator of the step with the lowest FVD, with best/best.json).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from typing import Any
 
 import jax
@@ -17,6 +22,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from digan_jax import fileio
+from digan_jax.errors import UserError
 from digan_jax.fileio import as_path
 from digan_jax.models.discriminator import DiscriminatorConfig
 from digan_jax.models.generator import GeneratorConfig, generator_config_from
@@ -93,3 +100,69 @@ def restore_numpy(directory, step: int, item: str):
   finally:
     mngr.close()
   return jax.tree.map(np.asarray, out[item])
+
+
+def check_compatible(workdir, config):
+  """A workdir trained with other networks must not be resumed with this config."""
+  saved = as_path(workdir) / "config.json"
+  if not saved.exists():
+    return
+  old = fileio.read_json(saved)
+  new = json.loads(config.to_json_best_effort())
+  if old.get("model") != new.get("model"):
+    diff = sorted(k for k in set(old.get("model", {})) | set(new["model"])
+                  if old.get("model", {}).get(k) != new["model"].get(k))
+    raise UserError(f"--workdir={workdir} holds a run of a different model (config.model.{diff} "
+                    "differ); use a new --workdir or the original config")
+
+
+class TrainCheckpoints:
+  """Orbax managers for the training state (last N) and the best EMA generator by FVD."""
+
+  def __init__(self, workdir, config, gcfg, dcfg):
+    workdir = as_path(workdir)
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
+    self.last = ocp.CheckpointManager(workdir / "checkpoints", options=options)
+    self.best = ocp.CheckpointManager(workdir / "best", options=ocp.CheckpointManagerOptions(
+        max_to_keep=1, create=True))
+    self.card = model_card(gcfg, dcfg)
+    self.best_fvd = math.inf
+    best_file = workdir / "best" / "best.json"
+    if best_file.exists():
+      self.best_fvd = fileio.read_json(best_file)["fvd"]
+    self.workdir = workdir
+
+  def latest_step(self):
+    return self.last.latest_step()
+
+  def save(self, step: int, state):
+    self.last.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), g_ema=ocp.args.StandardSave(state.g_ema),
+        model=ocp.args.JsonSave(self.card)))
+
+  def save_if_best(self, step: int, state, fvd: float):
+    if not fvd < self.best_fvd:
+      return
+    self.best_fvd = fvd
+    self.best.wait_until_finished()
+    self.best.save(step, args=ocp.args.Composite(
+        g_ema=ocp.args.StandardSave(state.g_ema), model=ocp.args.JsonSave(self.card)), force=True)
+    self.best.wait_until_finished()
+    if jax.process_index() == 0:
+      fileio.write_json(self.workdir / "best" / "best.json", {"step": step, "fvd": fvd})
+
+  def restore(self, step: int, abstract_state):
+    """The train state of `step`, placed as `abstract_state` (ShapeDtypeStructs with shardings)."""
+    try:
+      out = self.last.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state)))
+    except (ValueError, KeyError) as e:
+      raise UserError(f"checkpoint {step} in {self.workdir / 'checkpoints'} does not match this "
+                      f"config ({str(e).splitlines()[0][:200]}); use a new --workdir") from e
+    return out["state"]
+
+  def close(self):
+    self.last.wait_until_finished()
+    self.best.wait_until_finished()
+    self.last.close()
+    self.best.close()

@@ -3,3 +3,7 @@
 
 class UserError(Exception):
   """Bad input (missing data, unknown dataset, bad config value, incompatible workdir, ...)."""
+
+
+class NonFiniteLossError(UserError):
+  """Training losses stayed non-finite for config.train.nonfinite_patience checks in a row."""

@@ -1,9 +1,10 @@
-"""DIGAN's objectives (spec §6-7): non-saturating logistic losses, R1, EMA decay, Adam settings.
+"""DIGAN's objectives: non-saturating logistic losses, R1, EMA decay, Adam settings.
 
 Pure functions of logits, of discriminator callables and of numbers; the step functions in
 `steps.py` wire them to the networks. Class-conditional training needs nothing special here: the
-discriminator callables close over the labels (projection head, spec §3.4) and the losses are the
-same.
+discriminator callables close over the labels (StyleGAN2-ADA projection head) and the losses are
+the same. Sources: official `OurStyleGAN2Loss` (`src/training/loss.py`) and StyleGAN2-ADA's
+`training/training_loop.py`.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _squared_norm_per_sample(g):
 
 
 def r1_penalties(motion_fn: Callable, image_fn: Callable, real7, augment_fn: Callable):
-  """Squared input-gradient norms of both discriminators on the real batch (spec §6, D8).
+  """Squared input-gradient norms of both discriminators on the real batch (official R1).
 
   motion_fn: x7 [B, H, W, 7] -> [B, 1]; image_fn: frames [2B, H, W, 3] -> [2B, 1];
   augment_fn: x7 -> augmented x7 with fixed randomness (identity when augmentation is off).
@@ -86,7 +87,7 @@ def r1_loss(penalty_motion, penalty_image, gamma: float):
 
 
 def ema_beta(step, global_batch: int, ema_kimg: float, ema_rampup: float | None):
-  """Official G_ema decay at iteration `step` (spec §7.3): β = 0.5^(batch / ema_nimg).
+  """Official G_ema decay at iteration `step` (StyleGAN2-ADA): β = 0.5^(batch / ema_nimg).
 
   ema_nimg = min(ema_kimg·1000, cur_nimg·rampup) with cur_nimg = step·batch before the update,
   so β = 0 (a copy) at step 0 and 0.5^(batch / (ema_kimg·1000)) once the ramp is over.
@@ -99,7 +100,7 @@ def ema_beta(step, global_batch: int, ema_kimg: float, ema_rampup: float | None)
 
 
 def adam_hparams(train_config) -> dict[str, dict[str, float]]:
-  """Effective Adam settings with the lazy-regularisation correction (spec §7.1, D10).
+  """Effective Adam settings with the lazy-regularisation correction (StyleGAN2-ADA).
 
   ratio = interval / (interval + 1); lr·ratio, β1^ratio, β2^ratio; ε unchanged. The G correction
   applies although path-length regularisation is off, as in the official code.

@@ -66,15 +66,17 @@ def main(argv):
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices()[0].device_kind)
 
-  from digan_jax import train  # pylint: disable=g-import-not-at-top
   from digan_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
     if _MODE.value == "train":
+      from digan_jax import train  # pylint: disable=g-import-not-at-top
       train.train_and_evaluate(config, _WORKDIR.value)
     elif _MODE.value == "eval":
-      train.evaluate(config, _WORKDIR.value)
+      from digan_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
+      evaluator.run_eval_mode(config, _WORKDIR.value)
     else:
-      train.sample(config, _WORKDIR.value)
+      from digan_jax import sampling  # pylint: disable=g-import-not-at-top
+      sampling.run_sample_mode(config, _WORKDIR.value)
   except UserError as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)

@@ -21,15 +21,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from digan_jax import fileio
+from digan_jax import fileio, quantize
 from digan_jax.models.generator import Generator
 from digan_jax.models.inr import CoordGrid
 
 
+def latents_at(seed, indices, dim: int) -> jnp.ndarray:
+  """Latents [len(indices), dim] of videos `indices` of a seed: video i's latent is its own draw
+  (fold_in of i), so it does not depend on which other videos are drawn."""
+  key = jax.random.key(seed)
+  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (dim,)))(indices)
+
+
 def latents(seed: int, num_videos: int, dim: int) -> jnp.ndarray:
-  """Latents for videos 0..n-1 of a seed; video i's latent does not depend on n."""
-  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(num_videos))
-  return jax.vmap(lambda k: jax.random.normal(k, (dim,)))(keys)
+  """Latents of videos 0..n-1 of a seed."""
+  return latents_at(seed, jnp.arange(num_videos), dim)
 
 
 def render(generator: Generator, variables, z_content, z_motion, times, labels=None,
@@ -54,18 +60,6 @@ def render(generator: Generator, variables, z_content, z_motion, times, labels=N
   out = jax.lax.map(synth, per_chunk)  # [chunks, B, F, H, W, 3]
   out = jnp.moveaxis(out, 0, 1).reshape((times.shape[0], chunks * frames_per_chunk) + out.shape[3:])
   return out[:, :num_frames]
-
-
-def to_uint8(video, mode: str = "round") -> np.ndarray:
-  """[-1, 1] floats -> uint8: 'round' (snapshots, official rint+clip) or 'floor' (FVD, spec D17)."""
-  x = (np.asarray(video, np.float32) + 1.0) * 127.5
-  if mode == "round":
-    x = np.rint(x)
-  elif mode == "floor":
-    x = np.floor(np.clip(x, 0, 255))
-  else:
-    raise ValueError(f"unknown uint8 mode {mode!r} (round or floor)")
-  return np.clip(x, 0, 255).astype(np.uint8)
 
 
 def video_grid(videos: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:
@@ -118,8 +112,9 @@ def sample_to_dir(gcfg, variables, output_dir, *, num_videos=16, num_frames=16, 
   videos = []
   for i in range(0, num_videos, batch_size):
     sl = slice(i, min(i + batch_size, num_videos))
-    videos.append(to_uint8(fn(variables, z_content[sl], z_motion[sl], times,
-                              None if labels is None else labels[sl])))
+    frames = fn(variables, z_content[sl], z_motion[sl], times,
+                None if labels is None else labels[sl])
+    videos.append(quantize.to_uint8(np.asarray(frames), "rint"))
   videos = np.concatenate(videos)
   output_dir = fileio.as_path(output_dir)
   for i, v in enumerate(videos):
@@ -132,6 +127,30 @@ def sample_to_dir(gcfg, variables, output_dir, *, num_videos=16, num_frames=16, 
               frame_size=list(videos.shape[2:4]))
   fileio.write_json(output_dir / "sampling.json", card)
   return {**card, "videos": videos}
+
+
+def config_kwargs(sample_config) -> dict:
+  """`sample_to_dir` keywords from a config's `sample` block."""
+  s = sample_config
+  return dict(num_videos=s.num_videos, num_frames=s.num_frames, t_end=s.t_end, seed=s.seed,
+              motion_seed=s.motion_seed, scale=s.scale, zoom=s.zoom, fps=s.fps)
+
+
+def run_sample_mode(config, workdir):
+  """--mode=sample: videos of the latest checkpoint's EMA generator per config.sample, written to
+  WORKDIR/samples/<step>_cli/."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from digan_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from digan_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  workdir = fileio.as_path(workdir)
+  try:
+    gcfg, g_ema, step = checkpointing.restore_generator(workdir / "checkpoints")
+  except FileNotFoundError as e:
+    raise UserError(f"{e}; train first or point --workdir at a run") from e
+  out_dir = workdir / "samples" / f"{step}_cli"
+  sample_to_dir(gcfg, g_ema, out_dir, **config_kwargs(config.sample))
+  logging.info("wrote samples of step %d to %s", step, out_dir)
+  return os.fspath(out_dir)
 
 
 def render_benchmark(preset: str = "paper", batch_sizes=(1, 8), num_frames: int = 16,

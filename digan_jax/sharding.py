@@ -10,6 +10,7 @@ code runs on one CPU, one GPU host or a multi-host pod.
 from __future__ import annotations
 
 import math
+import types
 from typing import Any, Sequence
 
 import jax
@@ -53,13 +54,45 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def data_parallel_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """Every device on the `data` axis (fsdp = 1): the mesh of evaluation and sampling by default."""
+  return make_mesh(types.SimpleNamespace(data=-1, fsdp=1), devices)
+
+
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+  """The mesh axes a batch is split over (a plain ('data',) mesh works too)."""
+  axes = tuple(a for a in mesh.axis_names if a in BATCH_AXES)
+  if not axes:
+    raise ValueError(f"the mesh has axes {mesh.axis_names}; batches are split over {BATCH_AXES}, "
+                     "so the mesh needs at least one of them")
+  return axes
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
-  """Leading (batch) dimension split over all devices, the rest whole."""
-  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+  """Leading (batch) dimension split over the batch axes, the rest whole."""
+  return NamedSharding(mesh, P(batch_axes(mesh), *([None] * (ndim - 1))))
+
+
+def batch_devices(mesh: Mesh) -> int:
+  return math.prod(mesh.shape[a] for a in batch_axes(mesh))
+
+
+def padded_batch(mesh: Mesh, batch_size: int) -> int:
+  """`batch_size` rounded up to a multiple of the devices the batch is split over."""
+  devices = batch_devices(mesh)
+  return max(1, math.ceil(batch_size / devices)) * devices
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """A (possibly multi-process) global array as one NumPy array on every host."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def batch_size_per_device(mesh: Mesh, global_batch: int) -> int:
-  n = mesh.size
+  n = batch_devices(mesh)
   if global_batch % n:
     raise ValueError(f"global batch {global_batch} is not divisible by the {n} devices of the mesh; "
                      "choose a global batch that is a multiple of the device count")

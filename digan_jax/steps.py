@@ -1,4 +1,5 @@
-"""The train state and the pure, jittable DIGAN training step (spec §4-7, DESIGN §5).
+"""The train state and the pure, jittable DIGAN training step (official src/training/loss.py and
+training_loop.py: OurStyleGAN2Loss phases, Adam, EMA).
 
 One iteration, in the official order: G step (L_G), D step (L_D with fakes from the updated G),
 R1 step on iterations with step % r1_every == 0 (a separate Adam step on the same D optimiser
@@ -25,17 +26,14 @@ way, so the randomness does not depend on k either.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from digan_jax import augment, losses, sharding
-from digan_jax.errors import UserError
 from digan_jax.models import factory
 from digan_jax.models.discriminator import pack_pair
 
@@ -118,8 +116,12 @@ class DiganSteps:
     self.g_tx = optax.adam(**hp["g"])
     self.d_tx = optax.adam(**hp["d"])
     self.seed = int(tc.seed)
-    self._abstract_state = jax.eval_shape(self.init, jax.random.PRNGKey(0))
-    self.state_shardings = sharding.state_shardings(self._abstract_state, mesh)
+    shapes = jax.eval_shape(self.init, jax.random.PRNGKey(0))
+    self.state_shardings = sharding.state_shardings(shapes, mesh)
+    # Shapes, dtypes and shardings of the train state: a restore target, an AOT-compile input.
+    self.abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes,
+        self.state_shardings)
 
   # ---- state ----
 
@@ -160,7 +162,7 @@ class DiganSteps:
         g_opt_state=self.g_tx.init(g_params), d_opt_state=self.d_tx.init(d_params),
         rng=jax.random.split(jax.random.PRNGKey(seed), 3)[2])
     shape_dtype = lambda x: (x.shape, x.dtype)
-    expected = jax.tree.map(shape_dtype, self._abstract_state)
+    expected = jax.tree.map(shape_dtype, self.abstract_state)
     got = jax.tree.map(shape_dtype, state)
     if expected != got:
       flat = lambda t: dict(jax.tree_util.tree_flatten_with_path(
@@ -190,7 +192,8 @@ class DiganSteps:
     return augment.sample_params(key, n, self.resolution, self.policy, self.translation, self.cutout)
 
   def _fake_draws(self, key, n: int) -> dict[str, Any]:
-    """Latents, sorted Beta(2,1)/Beta(1,2) times and augmentation for n fake videos (spec §4)."""
+    """Latents, sorted Beta(2,1)/Beta(1,2) times (as the official frame-pair sampling) and
+    augmentation for n fake videos."""
     k_z, k_m, k_a, k_b, k_aug = jax.random.split(key, 5)
     # Exact inverse-CDF draws: Beta(2,1) has CDF t^2, Beta(1,2) has CDF 1 - (1 - t)^2.
     t_a = jnp.sqrt(jax.random.uniform(k_a, (n,)))
@@ -481,10 +484,6 @@ def create_train_state(config, mesh, generator=None, discriminator=None, **kwarg
   return steps, steps.create_train_state()
 
 
-class NonFiniteLossError(UserError):
-  pass
-
-
 @jax.jit
 def state_is_finite(state) -> jax.Array:
   """One replicated bool: every float of the state (networks, EMA, Adam moments) is finite.
@@ -494,38 +493,3 @@ def state_is_finite(state) -> jax.Array:
   """
   leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
-class NonFiniteGuard:
-  """Stops a run whose losses stay non-finite (after the official per-step gradient sanitising).
-
-  Call `check(step, metrics)` with every fetched metrics dict; after `patience` consecutive checks
-  with a non-finite `train/loss_*` it raises NonFiniteLossError. The trainer writes no checkpoint
-  while `count > 0` nor from a state with a non-finite value (`state_is_finite`), so the last good
-  checkpoint stays the newest.
-  """
-
-  def __init__(self, patience: int):
-    if patience < 1:
-      raise ValueError(f"config.train.nonfinite_patience must be >= 1, got {patience}")
-    self.patience = int(patience)
-    self.count = 0
-    self.first_bad_step = None
-
-  def check(self, step: int, metrics) -> bool:
-    """True when all losses are finite; raises after `patience` non-finite checks in a row."""
-    bad = {k: float(v) for k, v in metrics.items()
-           if k.startswith("train/loss") and not math.isfinite(float(np.asarray(v)))}
-    if not bad:
-      self.count, self.first_bad_step = 0, None
-      return True
-    self.count += 1
-    if self.first_bad_step is None:
-      self.first_bad_step = step
-    if self.count >= self.patience:
-      raise NonFiniteLossError(
-          f"training stopped at step {step}: losses have been non-finite for {self.count} "
-          f"consecutive checks since step {self.first_bad_step} ({bad}). The last checkpoint "
-          "written before that is intact; resume from it with a lower config.train.base_lr, "
-          "config.model.compute_dtype='float32', or a larger config.train.r1_gamma.")
-    return False

@@ -1,8 +1,8 @@
 """Training driver: sharded state, loop, logging, checkpoints, samples, FVD, resume, preemption.
 
-Workdir layout (DESIGN §6): config.json, checkpoints/<step>/ (Orbax: `state`, `g_ema`, `model`),
-best/<step>/ (the EMA generator with the best FVD), TensorBoard events, samples/<step>/,
-eval/<step>.json. A run restarts from the newest complete checkpoint in its workdir; the data
+Workdir layout: config.json, manifest.json (one entry per start), checkpoints/<step>/ (Orbax:
+`state`, `g_ema`, `model`), best/<step>/ (the EMA generator with the best FVD), TensorBoard events,
+samples/<step>/, eval/<step>.json. A run restarts from the newest complete checkpoint in its workdir; the data
 sequence and the latents are pure functions of (seed, step), so an interrupted and resumed run ends
 where an uninterrupted one does.
 """
@@ -16,14 +16,14 @@ import signal
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from digan_jax import checkpointing, fileio, sharding
-from digan_jax.errors import UserError
+from digan_jax import checkpointing, fileio, sampling, sharding
+from digan_jax.data import resolve
+from digan_jax.errors import NonFiniteLossError, UserError
+from digan_jax.evaluation import evaluator as evaluator_lib
 from digan_jax.models import factory
 
 _BATCH_KEYS = ("frames", "delta_t")
@@ -73,38 +73,6 @@ def total_steps(config) -> int:
   return int(math.ceil(config.train.total_kimg * 1000 / config.train.global_batch_size))
 
 
-def resolve_dataset(config, workdir: epath.Path) -> tuple[str, str]:
-  """(data_dir, name) of the training data; builds the embedded synthetic set when asked for."""
-  data = config.data
-  data_dir = data.data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser(
-      "~/tensorflow_datasets")
-  name = data.name
-  if name == "synthetic_videos":
-    from digan_jax.data import prepare, storage  # pylint: disable=g-import-not-at-top
-    from digan_jax.data.builders import synthetic_videos  # pylint: disable=g-import-not-at-top
-    if not data.data_dir:
-      data_dir = os.fspath(workdir / "data")
-    res = config.model.generator.resolution
-    cfg_name = synthetic_videos.config_name(res, data.synthetic_num_videos,
-                                            data.synthetic_num_test_videos, None, None, None)
-    name = f"synthetic_videos/{cfg_name}"
-    try:
-      storage.find_dataset_dir(data_dir, name)
-    except storage.DatasetNotFoundError:
-      if jax.process_index() == 0:
-        logging.info("Building %s in %s", name, data_dir)
-        prepare.prepare_synthetic(data_dir, res, data.synthetic_num_videos,
-                                  data.synthetic_num_test_videos)
-      _sync("synthetic_dataset_built")
-  return data_dir, name
-
-
-def _sync(name: str):
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(name)
-
-
 def _train_iterator(config, data_dir, name, mesh, start_step):
   from digan_jax.data import pipeline, storage  # pylint: disable=g-import-not-at-top
   data = config.data
@@ -127,71 +95,6 @@ def _device_batch(batch, mesh, c_dim: int):
 
 
 # ---------------------------------------------------------------------------- checkpoints
-
-
-def _check_compatible(workdir: epath.Path, config):
-  """A workdir trained with other networks must not be resumed with this config."""
-  saved = workdir / "config.json"
-  if not saved.exists():
-    return
-  old = json.loads(saved.read_text())
-  new = json.loads(config.to_json_best_effort())
-  if old.get("model") != new.get("model"):
-    diff = sorted(k for k in set(old.get("model", {})) | set(new["model"])
-                  if old.get("model", {}).get(k) != new["model"].get(k))
-    raise UserError(f"--workdir={workdir} holds a run of a different model (config.model.{diff} "
-                    "differ); use a new --workdir or the original config")
-
-
-class Checkpoints:
-  """Orbax managers for the training state (last N) and the best EMA generator by FVD."""
-
-  def __init__(self, workdir: epath.Path, config, gcfg, dcfg):
-    options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
-    self.last = ocp.CheckpointManager(workdir / "checkpoints", options=options)
-    self.best = ocp.CheckpointManager(workdir / "best", options=ocp.CheckpointManagerOptions(
-        max_to_keep=1, create=True))
-    self.card = checkpointing.model_card(gcfg, dcfg)
-    self.best_fvd = math.inf
-    best_file = workdir / "best" / "best.json"
-    if best_file.exists():
-      self.best_fvd = json.loads(best_file.read_text())["fvd"]
-    self.workdir = workdir
-
-  def latest_step(self):
-    return self.last.latest_step()
-
-  def save(self, step: int, state):
-    self.last.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), g_ema=ocp.args.StandardSave(state.g_ema),
-        model=ocp.args.JsonSave(self.card)))
-
-  def save_if_best(self, step: int, state, fvd: float):
-    if not fvd < self.best_fvd:
-      return
-    self.best_fvd = fvd
-    self.best.wait_until_finished()
-    self.best.save(step, args=ocp.args.Composite(
-        g_ema=ocp.args.StandardSave(state.g_ema), model=ocp.args.JsonSave(self.card)), force=True)
-    self.best.wait_until_finished()
-    if jax.process_index() == 0:
-      fileio.write_json(self.workdir / "best" / "best.json", {"step": step, "fvd": fvd})
-
-  def restore(self, step: int, abstract_state):
-    target = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), abstract_state)
-    try:
-      out = self.last.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-    except (ValueError, KeyError) as e:
-      raise UserError(f"checkpoint {step} in {self.workdir / 'checkpoints'} does not match this "
-                      f"config ({str(e).splitlines()[0][:200]}); use a new --workdir") from e
-    return out["state"]
-
-  def close(self):
-    self.last.wait_until_finished()
-    self.best.wait_until_finished()
-    self.last.close()
-    self.best.close()
 
 
 # ---------------------------------------------------------------------------- preemption
@@ -236,6 +139,41 @@ class PreemptionFlag:
 # ---------------------------------------------------------------------------- loop
 
 
+class NonFiniteGuard:
+  """Stops a run whose losses stay non-finite (after the official per-step gradient sanitising).
+
+  Call `check(step, metrics)` with every fetched metrics dict; after `patience` consecutive checks
+  with a non-finite `train/loss_*` it raises NonFiniteLossError. The trainer writes no checkpoint
+  while `count > 0` nor from a state with a non-finite value (`state_is_finite`), so the last good
+  checkpoint stays the newest.
+  """
+
+  def __init__(self, patience: int):
+    if patience < 1:
+      raise ValueError(f"config.train.nonfinite_patience must be >= 1, got {patience}")
+    self.patience = int(patience)
+    self.count = 0
+    self.first_bad_step = None
+
+  def check(self, step: int, metrics) -> bool:
+    """True when all losses are finite; raises after `patience` non-finite checks in a row."""
+    bad = {k: float(v) for k, v in metrics.items()
+           if k.startswith("train/loss") and not math.isfinite(float(np.asarray(v)))}
+    if not bad:
+      self.count, self.first_bad_step = 0, None
+      return True
+    self.count += 1
+    if self.first_bad_step is None:
+      self.first_bad_step = step
+    if self.count >= self.patience:
+      raise NonFiniteLossError(
+          f"training stopped at step {step}: losses have been non-finite for {self.count} "
+          f"consecutive checks since step {self.first_bad_step} ({bad}). The last checkpoint "
+          "written before that is intact; resume from it with a lower config.train.base_lr, "
+          "config.model.compute_dtype='float32', or a larger config.train.r1_gamma.")
+    return False
+
+
 def _host_metrics(metrics) -> dict[str, float]:
   return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
 
@@ -246,35 +184,32 @@ def train_and_evaluate(config, workdir) -> dict:
   from digan_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
 
   workdir = _prepare_workdir(workdir)
-  _check_compatible(workdir, config)
+  checkpointing.check_compatible(workdir, config)
   try:
     mesh = sharding.make_mesh(config.mesh)
-    steps = steps_lib.DiganSteps(config, mesh)
+    digan_steps = steps_lib.DiganSteps(config, mesh)
   except ValueError as e:
     raise UserError(str(e)) from e
   gcfg, dcfg = factory.generator_config(config.model), factory.discriminator_config(config.model)
   if jax.process_index() == 0:
     fileio.write_bytes(workdir / "config.json", config.to_json_best_effort(indent=1).encode())
     write_manifest(workdir, config, mesh)
-  data_dir, name = resolve_dataset(config, workdir)
-  ckpts = Checkpoints(workdir, config, gcfg, dcfg)
+  data_dir, name = resolve.resolve_dataset(config, workdir)
+  ckpts = checkpointing.TrainCheckpoints(workdir, config, gcfg, dcfg)
   num_steps = total_steps(config)
 
   start = ckpts.latest_step()
   start = sharding.from_process_0(-1 if start is None else start)
   start = None if start < 0 else start
   if start is None:
-    state = steps.create_train_state()
+    state = digan_steps.create_train_state()
     start = 0
   else:
-    abstract = jax.eval_shape(steps.init, jax.random.PRNGKey(0))
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            abstract, steps.state_shardings)
-    state = ckpts.restore(start, abstract)
+    state = ckpts.restore(start, digan_steps.abstract_state)
     logging.info("Resumed from step %d", start)
   batches = _train_iterator(config, data_dir, name, mesh, start)
-  train_step = steps.jit_train_step()
-  guard = steps_lib.NonFiniteGuard(config.train.nonfinite_patience)
+  train_step = digan_steps.jit_train_step()
+  guard = NonFiniteGuard(config.train.nonfinite_patience)
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0 or not config.tensorboard)
@@ -282,10 +217,10 @@ def train_and_evaluate(config, workdir) -> dict:
                                            every_steps=config.log_every_steps)]
   if config.profile and jax.process_index() == 0:
     hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=os.fspath(workdir)))
-  evaluator = (_Evaluator(config, workdir, data_dir, name, mesh, gcfg) if _eval_enabled(config)
-               else None)
-  if evaluator is not None and start == 0 and config.eval.at_start:
-    _evaluate_and_record(evaluator, ckpts, writer, 0, state)
+  evaluator = (evaluator_lib.Evaluator(config, workdir, data_dir, name, mesh, gcfg)
+               if evaluator_lib.enabled(config) else None)
+  if evaluator is not None and start == 0:
+    _evaluate_and_record(evaluator, evaluator.due(0, start=True), ckpts, writer, 0, state)
   preempt = PreemptionFlag(config.log_every_steps)
   final_metrics: dict[str, float] = {}
   step = start
@@ -293,7 +228,7 @@ def train_and_evaluate(config, workdir) -> dict:
   try:
     while step < num_steps:
       batch = _device_batch(next(batches), mesh, gcfg.c_dim)
-      state, metrics = train_step(state, batch, steps.should_r1(step))
+      state, metrics = train_step(state, batch, digan_steps.should_r1(step))
       step += 1
       n_log += 1
       for hook in hooks:
@@ -316,9 +251,9 @@ def train_and_evaluate(config, workdir) -> dict:
         _save_if_finite(ckpts, step, state, guard)
       if config.sample_every_steps and (step % config.sample_every_steps == 0 or step == num_steps):
         write_samples(config, workdir, state, step, writer)
-      if evaluator is not None and ((config.eval_every_steps and step % config.eval_every_steps == 0)
-                                    or (step == num_steps and config.eval.at_end)):
-        final_metrics.update(_evaluate_and_record(evaluator, ckpts, writer, step, state))
+      if evaluator is not None:
+        due = evaluator.due(step, end=step == num_steps)
+        final_metrics.update(_evaluate_and_record(evaluator, due, ckpts, writer, step, state))
   finally:
     ckpts.close()
     writer.flush()
@@ -339,109 +274,31 @@ def _save_if_finite(ckpts, step: int, state, guard) -> bool:
   return True
 
 
-def _eval_enabled(config) -> bool:
-  return bool(config.eval_every_steps) or bool(config.eval.at_start) or bool(config.eval.at_end)
-
-
-class _Evaluator:
-  """FVD/KVD of the EMA generator under config.eval, real features computed once (and cached).
-
-  config.eval.num_videos / num_repeats (> 0) scale the protocol down; the result card records it.
-  Results go to WORKDIR/eval/<step>.json, real features to WORKDIR/eval/real_cache/.
-  """
-
-  def __init__(self, config, workdir, data_dir, name, mesh, gcfg):
-    from digan_jax.data import storage  # pylint: disable=g-import-not-at-top
-    from digan_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
-    from digan_jax.models.generator import Generator  # pylint: disable=g-import-not-at-top
-    ev = config.eval
-    overrides = {}
-    if ev.num_videos > 0:
-      overrides.update(num_fake=int(ev.num_videos), num_real=int(ev.num_videos))
-    if ev.num_repeats > 0:
-      overrides["num_trials"] = int(ev.num_repeats)
-    try:
-      self.protocol = evaluator.get_protocol(ev.protocol, **overrides)
-      self.real = evaluator.clip_source_from_dataset(
-          data_dir, name, config.data.eval_split, self.protocol, resolution=gcfg.resolution,
-          batch_size=ev.batch_size)
-    except (ValueError, storage.DatasetNotFoundError, FileNotFoundError) as e:
-      raise UserError(f"evaluation: {e}") from e
-    self.module, self.mesh, self.batch_size = evaluator, mesh, int(ev.batch_size)
-    self.out_dir = workdir / "eval"
-    self.generator = Generator(gcfg)  # one instance: its compiled graph is reused across calls
-
-  def __call__(self, g_ema, step: int) -> dict:
-    result = self.module.evaluate(
-        self.generator, g_ema, self.protocol, self.real, step=step, mesh=self.mesh,
-        batch_size=self.batch_size, cache_dir=os.fspath(self.out_dir / "real_cache"),
-        progress=False)
-    self.module.record_result(os.fspath(self.out_dir), step, result)
-    return result
-
-
-def _evaluate_and_record(evaluator, ckpts, writer, step, state) -> dict:
-  result = evaluator(state.g_ema, step)
-  scalars = {"eval/fvd": result["fvd"], "eval/kvd": result.get("kvd", float("nan"))}
+def _evaluate_and_record(evaluator, due, ckpts, writer, step, state) -> dict:
+  """FVD/KVD of the due protocols as scalars: eval/fvd for the primary protocol (which also keeps
+  the best checkpoint), eval/<protocol>/fvd for the others."""
+  if not due:
+    return {}
+  scalars = {}
+  for name, result in evaluator(state.g_ema, step, due).items():
+    prefix = "eval" if name == evaluator.primary else f"eval/{name}"
+    scalars.update({f"{prefix}/fvd": result["fvd"], f"{prefix}/kvd": result["kvd"]})
+    logging.info("step %d: FVD %.2f (%s)", step, result["fvd"], name)
+    if name == evaluator.primary:
+      ckpts.save_if_best(step, state, result["fvd"])
   writer.write_scalars(step, scalars)
-  logging.info("step %d: FVD %.2f (%s)", step, result["fvd"], result.get("protocol"))
-  ckpts.save_if_best(step, state, result["fvd"])
   return scalars
 
 
 def write_samples(config, workdir, state, step: int, writer=None):
   """Sample videos of the EMA generator under samples/<step>/ (process 0 only)."""
-  from digan_jax import sampling  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0:
     return None
-  s = config.sample
   g_ema = jax.device_get(state.g_ema)
-  out = sampling.sample_to_dir(
-      factory.generator_config(config.model), g_ema, os.fspath(workdir / "samples" / str(step)),
-      num_videos=s.num_videos, num_frames=s.num_frames, t_end=s.t_end, seed=s.seed,
-      motion_seed=s.motion_seed, scale=s.scale, zoom=s.zoom, fps=s.fps)
+  out = sampling.sample_to_dir(factory.generator_config(config.model), g_ema,
+                               workdir / "samples" / str(step), **sampling.config_kwargs(config.sample))
   if writer is not None:
     grid = sampling.video_grid(out["videos"])
     writer.write_images(step, {"samples/first_frame": grid[None, 0],
                                "samples/last_frame": grid[None, -1]})
   return out
-
-
-# ---------------------------------------------------------------------------- other modes
-
-
-def evaluate(config, workdir) -> dict:
-  """--mode=eval: FVD of a checkpoint's EMA generator, added to WORKDIR/eval/<step>.json."""
-  workdir = fileio.as_path(workdir)
-  step = None if config.eval.step < 0 else int(config.eval.step)
-  try:
-    gcfg, g_ema, step = checkpointing.restore_generator(workdir / "checkpoints", step)
-  except FileNotFoundError as e:
-    raise UserError(f"{e}; train first or point --workdir at a run") from e
-  data_dir, name = resolve_dataset(config, _prepare_workdir(workdir))
-  try:
-    mesh = sharding.make_mesh(config.mesh)
-  except ValueError as e:
-    raise UserError(str(e)) from e
-  result = _Evaluator(config, workdir, data_dir, name, mesh, gcfg)(g_ema, step)
-  logging.info("step %d: FVD %.2f +- %.2f, KVD %.2f (%s, %d vs %d clips, %d trials)", step,
-               result["fvd"], result["fvd_std"], result["kvd"], result["protocol"],
-               result["card"]["num_fake"], result["card"]["num_real"], result["card"]["num_trials"])
-  return result
-
-
-def sample(config, workdir):
-  """--mode=sample: videos from the latest checkpoint's EMA generator per config.sample."""
-  from digan_jax import sampling  # pylint: disable=g-import-not-at-top
-  workdir = fileio.as_path(workdir)
-  try:
-    gcfg, g_ema, step = checkpointing.restore_generator(workdir / "checkpoints")
-  except FileNotFoundError as e:
-    raise UserError(f"{e}; train first or point --workdir at a run") from e
-  s = config.sample
-  out_dir = os.fspath(workdir / "samples" / f"{step}_cli")
-  sampling.sample_to_dir(gcfg, g_ema, out_dir, num_videos=s.num_videos, num_frames=s.num_frames,
-                         t_end=s.t_end, seed=s.seed, motion_seed=s.motion_seed, scale=s.scale,
-                         zoom=s.zoom, fps=s.fps)
-  logging.info("wrote samples of step %d to %s", step, out_dir)
-  return out_dir

@@ -12,6 +12,8 @@ from digan_jax import augment, losses
 from digan_jax.models import DiscriminatorConfig, DualDiscriminator
 from digan_jax.models import layers
 
+import tiny_digan
+
 
 def test_derivative_at_zero_is_the_slope_times_the_gain():
   d_act = jax.grad(lambda x: layers.bias_act(x, activation="lrelu"))
@@ -53,7 +55,7 @@ def test_r1_on_input_with_exact_zeros_matches_reference_activation(monkeypatch):
       apply = lambda x, method: d.apply({"params": params}, x, method=method)
       r1 = losses.r1_penalties(lambda x: apply(x, "motion"), lambda f: apply(f, "image"), x7, aug_fn)
       return r1["penalty_motion"].mean(), r1["penalty_image"].mean()
-    return tuple(float(v) for v in jax.jit(fn)(real7))
+    return tuple(float(v) for v in jax.jit(fn, compiler_options=tiny_digan.COMPILER_OPTIONS)(real7))
 
   # The case is real: the first conv sees exact zeros at its pre-activation.
   fromrgb = jax.tree.leaves(params["image_d"][f"b{cfg.resolution}_fromrgb"])

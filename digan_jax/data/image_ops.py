@@ -1,7 +1,7 @@
 """Frame geometry and image coding shared by the prepare CLI and the NumPy pipeline (no TensorFlow).
 
-Spatial preprocessing follows the official loader (spec §9.1): centre crop to the short side (offset
-rounded as torchvision's `center_crop`), then bilinear resize with half-pixel centres
+Spatial preprocessing follows the official loader (`resize_crop` in `src/training/dataset.py`):
+centre crop to the short side (offset floored), then bilinear resize with half-pixel centres
 (PyTorch `F.interpolate(mode='bilinear', align_corners=False)`, no antialias; TF's
 `tf.image.resize(method='bilinear', antialias=False)` is the same map). `lanczos` is PIL's antialiased
 Lanczos, which the official Kinetics-food preprocessing used.
@@ -12,6 +12,8 @@ import io
 
 import numpy as np
 from PIL import Image
+
+from digan_jax import quantize
 
 RESIZE_METHODS = ("bilinear", "lanczos")
 IMAGE_FORMATS = ("png", "jpeg")
@@ -62,17 +64,13 @@ def resize_bilinear(frames, size):
   return np.einsum("ih,...hwc,jw->...ijc", rows, frames, cols, optimize=True)
 
 
-def to_uint8(frames):
-  return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
-
-
 def crop_and_resize(frame, resolution, method="bilinear"):
   """uint8 [H, W, 3] -> uint8 [R, R, 3]: centre crop to the short side, then resize."""
   frame = center_crop_square(frame)
   if frame.shape[0] == resolution:
     return np.ascontiguousarray(frame)
   if method == "bilinear":
-    return to_uint8(resize_bilinear(frame, resolution))
+    return quantize.levels_to_uint8(resize_bilinear(frame, resolution))
   if method == "lanczos":
     return np.asarray(Image.fromarray(frame).resize((resolution, resolution), Image.LANCZOS))
   raise ValueError(f"Unknown resize method {method!r}; use one of {RESIZE_METHODS}.")

@@ -1,7 +1,7 @@
 """Input pipelines: training frame pairs and evaluation clips, from prepared TFDS datasets (tf.data)
 or from in-memory NumPy videos (no TensorFlow; synthetic data on accelerator machines without TF).
 
-Both paths share `sampling`: the frames of step s are a pure function of (seed, s), each process takes
+Both paths share `clip_plans`: the frames of step s are a pure function of (seed, s), each process takes
 its own slots of the global batch, and a run restarted at step k continues the same sequence. The
 tf.data path copies only the encoded bytes of the sampled frames out of each video record and decodes
 only those (2 per training example).
@@ -21,8 +21,9 @@ import itertools
 
 import numpy as np
 
+from digan_jax import quantize
 from digan_jax.data import image_ops
-from digan_jax.data import sampling
+from digan_jax.data import clip_plans
 
 
 def _to_float(frames):
@@ -71,7 +72,7 @@ def make_train_iterator(data_dir, name, split, batch_size_per_process, num_frame
   Args:
     data_dir, name, split: the prepared dataset (split may join splits: 'train+test').
     batch_size_per_process: this process's share B of the global batch (global = B·process_count).
-    num_frames: clip length T; frame-pair times follow spec §4 with 16 -> T, 15 -> T − 1.
+    num_frames: clip length T; frame-pair times as in `clip_plans` (official, 16 -> T, 15 -> T − 1).
     resolution: output side (default: as stored).
     seed, start_step: the sequence is a pure function of (seed, step).
     process_index, process_count: multi-host split of every global batch.
@@ -90,12 +91,12 @@ def make_train_iterator(data_dir, name, split, batch_size_per_process, num_frame
 
   tf = tf_utils.import_tf()
   dataset = dataset or storage.open_dataset(data_dir, name, split)
-  index = sampling.ClipIndex(dataset.lengths, num_frames, frame_stride, clip_hop)
+  index = clip_plans.ClipIndex(dataset.lengths, num_frames, frame_stride, clip_hop)
   stored = dataset.resolution
   resolution = resolution or stored
 
   def load_step(step):
-    plan = sampling.train_plan(
+    plan = clip_plans.train_plan(
         index, seed=seed, step=int(step), batch_size_per_process=batch_size_per_process,
         process_index=process_index, process_count=process_count, policy=policy, random_flip=random_flip)
     encoded = dataset.fetch(plan.video, plan.frames)
@@ -128,7 +129,7 @@ def make_eval_iterator(data_dir, name, split, batch_size_per_process, num_frames
   """Whole evaluation clips (any length and stride), one pass, no flips.
 
   num_clips=None: every window of the split in order, `clip_hop` apart (default: the clip span, i.e.
-  non-overlapping clips). Otherwise `num_clips` clips drawn with `seed` (see sampling.eval_clips).
+  non-overlapping clips). Otherwise `num_clips` clips drawn with `seed` (see clip_plans.eval_clips).
   Every process yields the same number of batches; padding of the last global batch is marked
   valid=False. dtype: 'float32' ([-1, 1]) or 'uint8' ([0, 255], exact stored values when no resize).
   """
@@ -138,9 +139,9 @@ def make_eval_iterator(data_dir, name, split, batch_size_per_process, num_frames
   tf = tf_utils.import_tf()
   dataset = dataset or storage.open_dataset(data_dir, name, split)
   span = (num_frames - 1) * frame_stride + 1
-  index = sampling.ClipIndex(dataset.lengths, num_frames, frame_stride, clip_hop or span)
-  videos, starts = sampling.eval_clips(index, num_clips=num_clips, seed=seed, policy=policy)
-  plans = sampling.eval_batches(index, videos, starts, batch_size_per_process=batch_size_per_process,
+  index = clip_plans.ClipIndex(dataset.lengths, num_frames, frame_stride, clip_hop or span)
+  videos, starts = clip_plans.eval_clips(index, num_clips=num_clips, seed=seed, policy=policy)
+  plans = clip_plans.eval_batches(index, videos, starts, batch_size_per_process=batch_size_per_process,
                                 process_index=process_index, process_count=process_count)
   stored = dataset.resolution
   resolution = resolution or stored
@@ -195,9 +196,9 @@ def make_numpy_train_iterator(videos, labels, batch_size_per_process, num_frames
   """
   lengths = np.array([len(v) for v in videos])
   labels = np.asarray(labels, np.int32)
-  index = sampling.ClipIndex(lengths, num_frames, frame_stride, clip_hop)
+  index = clip_plans.ClipIndex(lengths, num_frames, frame_stride, clip_hop)
   for step in itertools.count(start_step):
-    plan = sampling.train_plan(
+    plan = clip_plans.train_plan(
         index, seed=seed, step=step, batch_size_per_process=batch_size_per_process,
         process_index=process_index, process_count=process_count, policy=policy, random_flip=random_flip)
     frames = np.stack([videos[v][f] for v, f in zip(plan.video, plan.frames)])
@@ -212,14 +213,14 @@ def make_numpy_eval_iterator(videos, labels, batch_size_per_process, num_frames=
   lengths = np.array([len(v) for v in videos])
   labels = np.asarray(labels, np.int32)
   span = (num_frames - 1) * frame_stride + 1
-  index = sampling.ClipIndex(lengths, num_frames, frame_stride, clip_hop or span)
-  clip_videos, starts = sampling.eval_clips(index, num_clips=num_clips, seed=seed, policy=policy)
-  for plan in sampling.eval_batches(index, clip_videos, starts, batch_size_per_process=batch_size_per_process,
+  index = clip_plans.ClipIndex(lengths, num_frames, frame_stride, clip_hop or span)
+  clip_videos, starts = clip_plans.eval_clips(index, num_clips=num_clips, seed=seed, policy=policy)
+  for plan in clip_plans.eval_batches(index, clip_videos, starts, batch_size_per_process=batch_size_per_process,
                                     process_index=process_index, process_count=process_count):
     frames = np.stack([videos[v][f] for v, f in zip(plan.video, plan.frames)])
     if dtype == "uint8":
       if resolution is not None and frames.shape[2] != resolution:
-        frames = image_ops.to_uint8(image_ops.resize_bilinear(frames, resolution))
+        frames = quantize.levels_to_uint8(image_ops.resize_bilinear(frames, resolution))
       video = frames
     else:
       video = _finish_numpy(frames, resolution)

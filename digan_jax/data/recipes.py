@@ -20,7 +20,7 @@ from digan_jax.data import video_io
 LAYOUTS = ("files", "class_folders", "frame_folders")
 RECIPES = ("ucf101", "taichi", "sky", "kinetics_food", "synthetic_videos")
 
-# Kinetics-600 classes of the official Kinetics-food subset (spec §9.4, prepare_data/{train,val}.txt).
+# Kinetics-600 classes of the official Kinetics-food subset (DIGAN's prepare_data/{train,val}.txt).
 KINETICS_FOOD_CLASSES = (
     "baking cookies", "barbequing", "breading or breadcrumbing", "cooking egg", "cooking on campfire",
     "cooking sausages (not on barbeque)", "cooking scallops", "cutting apple", "cutting nails",
@@ -136,7 +136,7 @@ def _first_dir(candidates):
 
 
 def ucf101_plan(input_dir, fold=1):
-  """UCF-101: class folders of .avi and the official split lists (spec §9.2).
+  """UCF-101: class folders of .avi and the official split lists.
 
   Splits: 'train' = trainlist0<fold> (9,537 videos for fold 1), 'test' = testlist0<fold>;
   the paper's main "train+test" setting is split='train+test' at load time. Labels: the 101 class

@@ -29,7 +29,7 @@ FPS = 8.0
 
 
 @dataclasses.dataclass
-class SyntheticVideos:
+class GeneratedVideos:
   """An in-memory video set.
 
   videos: list of uint8 arrays [length_i, resolution, resolution, 3].
@@ -184,7 +184,7 @@ def generate(num_videos, resolution=32, num_frames=(24, 48), seed=0, first_index
     first_index: index of the first video (the TFDS test split continues after the train videos).
 
   Returns:
-    SyntheticVideos with uint8 videos [L_i, R, R, 3], int32 labels and lengths.
+    GeneratedVideos with uint8 videos [L_i, R, R, 3], int32 labels and lengths.
   """
   if num_videos < 1:
     raise ValueError(f"num_videos must be >= 1, got {num_videos}")
@@ -196,7 +196,7 @@ def generate(num_videos, resolution=32, num_frames=(24, 48), seed=0, first_index
     video, label = render_video(seed, first_index + i, resolution, int(lengths[i]))
     videos.append(video)
     labels.append(label)
-  return SyntheticVideos(videos=videos, labels=np.array(labels, np.int32), lengths=lengths)
+  return GeneratedVideos(videos=videos, labels=np.array(labels, np.int32), lengths=lengths)
 
 
 def render_encoded(args):

@@ -82,3 +82,13 @@ def iter_frames(path, fps=0.0):
   if not is_video_file(path):
     raise VideoReadError(f"not a video file (extensions: {', '.join(VIDEO_EXTENSIONS)})")
   yield from _iter_container_frames(path)
+
+
+def read_video(path) -> np.ndarray:
+  """All frames of a video file (GIF included) or frame folder as uint8 [T, H, W, 3]."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"video file not found: {path}")
+  frames = [frame for _, frame in iter_frames(os.fspath(path))]
+  if not frames:
+    raise VideoReadError(f"{path}: no frames")
+  return np.stack(frames)

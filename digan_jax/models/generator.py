@@ -1,9 +1,9 @@
-"""DIGAN generator: mapping network, INR synthesis network with FMM layers (spec §2).
+"""DIGAN generator: mapping network, FMM INR synthesis (official `src/training/networks.py`).
 
 Layout: every tensor after the first embedding is [B, T, H, W, C] (video-major, frames
 contiguous). All w-dependent quantities (FMM weight matrices, Fourier frequencies, content phases,
-ToRGB styles) are computed once per video and shared by its frames (spec D19), so rendering more
-frames only adds the per-pixel work.
+ToRGB styles) are computed once per video and shared by its frames (the official code recomputes
+them per frame; broadcasting is exact), so rendering more frames only adds the per-pixel work.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class MappingNetwork(nn.Module):
 
 
 class FMMLayer(nn.Module):
-  """Factorised multiplicative modulation of a shared 1x1 weight (spec §2.6), bias, lrelu.
+  """Factorised multiplicative modulation of a shared 1x1 weight (official FMM), bias, lrelu.
 
   `x_low`, when given, is the lower-resolution half of the input: the official input is
   concat[nearest_up2(x_low), x], and since nearest upsampling commutes with a per-pixel linear
@@ -125,7 +125,7 @@ class FMMLayer(nn.Module):
     mod = jnp.einsum("bor,bri->boi", left, right, precision=jax.lax.Precision.HIGHEST) / math.sqrt(r)
     weight = self.param("weight", nn.initializers.normal(1.0), (c_out, c_in))
     weight = weight[None] * (mod + 1.0)
-    # eps is added to the norm, not inside the sqrt (spec D20).
+    # eps is added to the norm, not inside the sqrt as in StyleGAN2 demod (official FMM).
     weight = weight / (jnp.sqrt(jnp.sum(jnp.square(weight), axis=-1, keepdims=True)) + 1e-8)
     y = _per_pixel(x, weight[:, :, c_low:], self.dtype)
     if x_low is not None:
@@ -141,7 +141,7 @@ def _per_pixel(x, weight, dtype):
 
 
 class ToRGB(nn.Module):
-  """Modulated 1x1 conv to RGB without demodulation; affine bias starts at 1 (spec §2.7)."""
+  """Modulated 1x1 conv to RGB without demodulation; affine bias starts at 1 (StyleGAN2 ToRGB)."""
 
   channels: int = 3
   dtype: Dtype = jnp.float32

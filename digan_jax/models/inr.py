@@ -1,10 +1,10 @@
-"""Coordinate grids and the content/motion Fourier embedding (`CoordFuser`, spec §2.4-2.5).
+"""Coordinate grids and the content/motion Fourier embedding (official `CoordFuser`).
 
 A `CoordGrid` describes the field of view and sampling density of a render independently of the
 network's resolution: the training grid, super-resolution (more points over the same view) and
 zoom-out (the same spacing over a larger view) are all grids, and every level of the synthesis
 network samples the same view with the level's own spacing, so nearest x2 upsampling between
-levels stays consistent (spec §11).
+levels stays consistent (the official super-resolution / zoom-out code is not released).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import dataclasses
 import math
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -95,7 +94,7 @@ class CoordFuser(nn.Module):
     freqs = self.fourier_scale * m[:, :2 * e].reshape(-1, e, 2)  # row d = (x-weight, y-weight)
     phase_content = m[:, 2 * e:]
     a = FullyConnected(e, dtype=self.dtype, name="affine")(jnp.concatenate([w, z_motion], -1))
-    # PyTorch default leaky-ReLU (slope 0.01, no gain) on a*t*sigma_t (spec D3).
+    # Official: PyTorch default leaky-ReLU (slope 0.01, no gain) on a*t*sigma_t; linear as t >= 0.
     u = lrelu(a[:, None, :] * times[:, :, None].astype(jnp.float32) * self.motion_sigma, 0.01)
     u = FullyConnected(e, activation="lrelu", dtype=self.dtype, name="motion_mlp0")(u)
     phase_motion = FullyConnected(e, dtype=self.dtype, name="motion_mlp1")(u)

@@ -1,4 +1,4 @@
-"""StyleGAN2-ADA primitives with the official parametrisation (spec §1), in NHWC.
+"""StyleGAN2-ADA primitives with the official parametrisation (`training/networks.py`), in NHWC.
 
 Parameters are stored unscaled (equalised learning rate): the run-time gains are applied in the
 forward pass so that Adam sees the same tensors as the official code. Matmuls and convolutions
@@ -18,7 +18,7 @@ import numpy as np
 
 Dtype = Any
 SQRT2 = math.sqrt(2.0)
-# Normalised FIR [1,3,3,1] (spec §1.3); separable, so applied as two 1-D passes.
+# StyleGAN2-ADA's resample filter [1,3,3,1], normalised to sum 1; separable, so two 1-D passes.
 FIR_1D = np.array([1.0, 3.0, 3.0, 1.0], np.float32) / 8.0
 
 
@@ -96,7 +96,7 @@ def fir_downsample_valid(x, down: int):
 
 
 class Conv2d(nn.Module):
-  """Equalised-lr conv (D only), weight stored HWIO; `down=2` uses the FIR path of spec §1.3."""
+  """Equalised-lr conv (D only), weight stored HWIO; `down=2`: FIR, then stride (StyleGAN2-ADA)."""
 
   features: int
   kernel_size: int
@@ -126,7 +126,7 @@ class Conv2d(nn.Module):
 
 
 def down_conv_fir(x, weight, down: int, dtype):
-  """FIR downsampling conv of spec §1.3 (pad, [1,3,3,1] FIR, strided conv) as XLA convolutions."""
+  """StyleGAN2-ADA's FIR downsampling conv (pad, [1,3,3,1] FIR, strided conv) as XLA convs."""
   k = weight.shape[0]
   if k == 1:
     # 1x1 with down: pad 1, FIR, subsample, then the 1x1 conv (cheaper order, same result).
@@ -190,7 +190,7 @@ def _conv(x, weight, stride: int, pad: int, dtype):
 
 
 def minibatch_std(x, group_size: int, num_channels: int = 1):
-  """StyleGAN2 minibatch-std on NHWC with the official strided groups (spec §3.3).
+  """StyleGAN2 minibatch-std on NHWC with the official strided groups (StyleGAN2-ADA).
 
   Sample i = g * (N // G) + j belongs to group j, so groups are defined over the global batch no
   matter how the batch is sharded over devices.

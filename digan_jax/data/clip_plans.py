@@ -8,7 +8,7 @@ SeedSequence([seed, step, domain]) draws the whole global batch, and process p t
 [p*B, (p+1)*B). Restarting at step k therefore reproduces the uninterrupted sequence, and the
 processes of a multi-host job see disjoint slots whose union is the global batch.
 
-Real frame-pair times (spec §4, generalised from 16 frames to T = num_frames):
+Real frame-pair times (official `src/training/dataset.py`, generalised from 16 to T = num_frames):
   f_a = ⌊T·Beta(2,1)⌋, f_b = ⌊T·Beta(1,2)⌋, (f_lo, f_hi) = sorted, Δt = (f_hi − f_lo)/(T − 1).
 For T = 16: P(Δt = 0) ≈ 4.2 %, E[Δt] ≈ 0.425, E[t_lo] ≈ 0.288, E[t_hi] ≈ 0.713.
 """
@@ -76,7 +76,7 @@ class ClipIndex:
 
 
 def sample_pair_times(rng, n, num_frames):
-  """Real frame-pair positions inside a clip (spec §4): sorted (f_lo, f_hi) int64 [n, 2], Δt [n]."""
+  """Real frame-pair positions inside a clip: sorted (f_lo, f_hi) int64 [n, 2], Δt [n]."""
   f_a = np.floor(num_frames * rng.beta(2.0, 1.0, size=n)).astype(np.int64)
   f_b = np.floor(num_frames * rng.beta(1.0, 2.0, size=n)).astype(np.int64)
   # Beta draws can round to exactly 1.0 in floating point.
