@@ -12,18 +12,10 @@ directory that `digan_jax.sampling` and `--mode=eval` read like any training che
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from absl import app, flags
-
-_NPZ = flags.DEFINE_string("npz", None, "exported official state_dicts (.npz)")
-_OUTPUT = flags.DEFINE_string("output", None, "checkpoint directory to create (local or gs://)")
-_MOTION_SIGMA = flags.DEFINE_float("motion_sigma", 0.25, "σ_t the model was trained with "
-                                   "(0.25; the paper's 128-frame TaiChi model used 0.5)")
-_MBSTD = flags.DEFINE_integer("mbstd_group_size", 4, "minibatch-std group of the discriminator")
-_CLAMP = flags.DEFINE_float("conv_clamp", 256.0, "discriminator conv clamp (official: 256)")
-_STEP = flags.DEFINE_integer("step", 0, "checkpoint step number to write")
-
 
 def import_npz(npz_path, output, motion_sigma=0.25, mbstd_group_size=4, conv_clamp=256.0, step=0):
   """Convert and save; returns (GeneratorConfig, DiscriminatorConfig or None, checkpoint path)."""
@@ -40,22 +32,43 @@ def import_npz(npz_path, output, motion_sigma=0.25, mbstd_group_size=4, conv_cla
   return gcfg, dcfg, path
 
 
-def main(argv):
-  del argv
-  import os
-  if not _NPZ.value or not _OUTPUT.value:
-    sys.exit("usage: python -m digan_jax.import_official --npz=WEIGHTS.npz --output=CKPT_DIR")
-  if not os.path.isfile(_NPZ.value):
-    sys.exit(f"error: {_NPZ.value} not found; export it from the official pickle first "
+def _define_flags(fv: flags.FlagValues) -> flags.FlagValues:
+  """The CLI's flags on `fv`: absl's FLAGS under `python -m`, a fresh FlagValues in run()."""
+  flags.DEFINE_string("npz", None, "exported official state_dicts (.npz)", flag_values=fv)
+  flags.DEFINE_string("output", None, "checkpoint directory to create (local or gs://)",
+                      flag_values=fv)
+  flags.DEFINE_float("motion_sigma", 0.25, "σ_t the model was trained with (0.25; the paper's "
+                     "128-frame TaiChi model used 0.5)", flag_values=fv)
+  flags.DEFINE_integer("mbstd_group_size", 4, "minibatch-std group of the discriminator",
+                       flag_values=fv)
+  flags.DEFINE_float("conv_clamp", 256.0, "discriminator conv clamp (official: 256)", flag_values=fv)
+  flags.DEFINE_integer("step", 0, "checkpoint step number to write", flag_values=fv)
+  flags.mark_flags_as_required(["npz", "output"], flag_values=fv)
+  return fv
+
+
+def main(argv, fv: flags.FlagValues = flags.FLAGS):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag=value")
+  if not os.path.isfile(fv.npz):
+    sys.exit(f"error: {fv.npz} not found; export it from the official pickle first "
              "(README, 'Importing official weights')")
   try:
-    gcfg, dcfg, path = import_npz(_NPZ.value, _OUTPUT.value, _MOTION_SIGMA.value, _MBSTD.value,
-                                  _CLAMP.value, _STEP.value)
+    gcfg, dcfg, path = import_npz(fv.npz, fv.output, fv.motion_sigma, fv.mbstd_group_size,
+                                  fv.conv_clamp, fv.step)
   except (ValueError, KeyError, FileExistsError) as e:
     sys.exit(f"error: {e}")
   from digan_jax.checkpointing import model_card
   print(json.dumps({"checkpoint": str(path), **model_card(gcfg, dcfg)}, indent=1))
+  return 0
+
+
+def run(argv) -> int:
+  """The CLI in this process: argv as sys.argv (program name first); returns the exit code."""
+  fv = _define_flags(flags.FlagValues())
+  return main(fv(list(argv)), fv)
 
 
 if __name__ == "__main__":
+  _define_flags(flags.FLAGS)  # only here: importing the module registers no flags
   app.run(main)

@@ -1,4 +1,4 @@
-"""DIGAN's objectives: non-saturating logistic losses, R1, EMA decay, Adam settings.
+"""DIGAN's objectives: non-saturating logistic losses, R1 and the EMA decay.
 
 Pure functions of logits, of discriminator callables and of numbers; the step functions in
 `steps.py` wire them to the networks. Class-conditional training needs nothing special here: the
@@ -97,22 +97,3 @@ def ema_beta(step, global_batch: int, ema_kimg: float, ema_rampup: float | None)
     cur_nimg = jnp.asarray(step, jnp.float32) * global_batch
     ema_nimg = jnp.minimum(ema_nimg, cur_nimg * ema_rampup)
   return jnp.power(0.5, global_batch / jnp.maximum(ema_nimg, 1e-8))
-
-
-def adam_hparams(train_config) -> dict[str, dict[str, float]]:
-  """Effective Adam settings with the lazy-regularisation correction (StyleGAN2-ADA).
-
-  ratio = interval / (interval + 1); lr·ratio, β1^ratio, β2^ratio; ε unchanged. The G correction
-  applies although path-length regularisation is off, as in the official code.
-  """
-  out = {}
-  for name, interval in (("g", train_config.g_reg_interval), ("d", train_config.d_reg_interval)):
-    ratio = interval / (interval + 1) if interval and interval > 0 else 1.0
-    out[name] = dict(learning_rate=train_config.base_lr * ratio, b1=train_config.beta1 ** ratio,
-                     b2=train_config.beta2 ** ratio, eps=train_config.eps)
-  return out
-
-
-def sanitize_grads(grads):
-  """Official non-finite gradient handling before every optimiser step: nan→0, ±inf→±1e5."""
-  return jax.tree.map(lambda g: jnp.nan_to_num(g, nan=0.0, posinf=1e5, neginf=-1e5), grads)

@@ -15,11 +15,11 @@ import json
 import math
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
 from digan_jax import fileio, quantize
 from digan_jax.models.generator import Generator
@@ -153,78 +153,54 @@ def run_sample_mode(config, workdir):
   return os.fspath(out_dir)
 
 
-def render_benchmark(preset: str = "paper", batch_sizes=(1, 8), num_frames: int = 16,
-                     repeats: int = 3, dtype: str = "float32",
-                     frames_per_chunk: int | None = 4) -> dict:
-  """Seconds per video and frames/s after compilation, fresh-init generator, for the JSON report."""
-  from digan_jax.models.generator import GeneratorConfig
-  gcfg = GeneratorConfig() if preset == "paper" else GeneratorConfig(
-      resolution=32, input_resolution=8, channel_base=1024, channel_max=64, z_dim=64,
-      motion_dim=64, w_dim=64, emb_size=32)
-  g = Generator(gcfg, dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype])
-  variables = jax.jit(g.init)(jax.random.key(0), jnp.zeros((1, gcfg.z_dim)),
-                              jnp.zeros((1, gcfg.motion_dim)), jnp.zeros((1,)))
-  times = sample_times(num_frames)
-  results = {"preset": preset, "resolution": gcfg.resolution, "num_frames": num_frames,
-             "dtype": dtype, "frames_per_chunk": frames_per_chunk or num_frames,
-             "device": str(jax.devices()[0].device_kind),
-             "backend": jax.default_backend(), "jax": jax.__version__, "batches": []}
-  for b in batch_sizes:
-    z = latents(0, b, gcfg.z_dim)
-    zm = latents(1, b, gcfg.motion_dim)
-    fn = jax.jit(functools.partial(render, g, frames_per_chunk=frames_per_chunk))
-    t0 = time.perf_counter()
-    fn(variables, z, zm, times).block_until_ready()
-    compile_s = time.perf_counter() - t0
-    runs = []
-    for _ in range(repeats):
-      t0 = time.perf_counter()
-      fn(variables, z, zm, times).block_until_ready()
-      runs.append(time.perf_counter() - t0)
-    best = min(runs)
-    results["batches"].append(dict(batch=b, first_call_s=round(compile_s, 3),
-                                   seconds_per_call=[round(r, 3) for r in runs],
-                                   seconds_per_video=round(best / b, 3),
-                                   frames_per_s=round(b * num_frames / best, 3)))
-  return results
+def _define_flags(fv: flags.FlagValues) -> flags.FlagValues:
+  """The CLI's flags on `fv`: absl's FLAGS under `python -m`, a fresh FlagValues in run()."""
+  flags.DEFINE_string("checkpoint", None, "checkpoint directory (WORKDIR/checkpoints or an "
+                      "imported official checkpoint)", flag_values=fv)
+  flags.DEFINE_string("output", None, "directory for the videos", flag_values=fv)
+  flags.DEFINE_integer("step", None, "checkpoint step (default: latest)", flag_values=fv)
+  flags.DEFINE_integer("num_videos", 16, "videos to render", flag_values=fv)
+  flags.DEFINE_integer("num_frames", 16, "frames per video", flag_values=fv)
+  flags.DEFINE_float("t_start", 0.0, "first time", flag_values=fv)
+  flags.DEFINE_float("t_end", 1.0, "last time; > 1 extrapolates", flag_values=fv)
+  flags.DEFINE_integer("seed", 42, "content seed", flag_values=fv)
+  flags.DEFINE_integer("motion_seed", -1, "motion seed (default seed + 1)", flag_values=fv)
+  flags.DEFINE_integer("scale", 1, "super-resolution factor", flag_values=fv)
+  flags.DEFINE_float("zoom", 1.0, "zoom-out factor (1.5: [-0.25,1.25]^2)", flag_values=fv)
+  flags.DEFINE_integer("fps", 8, "frame rate of the written videos", flag_values=fv)
+  flags.DEFINE_integer("batch_size", 4, "videos rendered per call", flag_values=fv)
+  flags.DEFINE_integer("frames_per_chunk", 16, "frames rendered per call", flag_values=fv)
+  flags.mark_flags_as_required(["checkpoint", "output"], flag_values=fv)
+  return fv
 
 
-def main(argv=None):
-  import argparse
-  p = argparse.ArgumentParser(prog="python -m digan_jax.sampling", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--checkpoint", required=True, help="checkpoint directory (WORKDIR/checkpoints "
-                 "or an imported official checkpoint)")
-  p.add_argument("--output", required=True, help="directory for the videos")
-  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  p.add_argument("--num_videos", type=int, default=16)
-  p.add_argument("--num_frames", type=int, default=16)
-  p.add_argument("--t_start", type=float, default=0.0)
-  p.add_argument("--t_end", type=float, default=1.0, help="last time; > 1 extrapolates")
-  p.add_argument("--seed", type=int, default=42, help="content seed")
-  p.add_argument("--motion_seed", type=int, default=-1, help="motion seed (default seed + 1)")
-  p.add_argument("--scale", type=int, default=1, help="super-resolution factor")
-  p.add_argument("--zoom", type=float, default=1.0, help="zoom-out factor (1.5: [-0.25,1.25]^2)")
-  p.add_argument("--fps", type=int, default=8)
-  p.add_argument("--batch_size", type=int, default=4)
-  p.add_argument("--frames_per_chunk", type=int, default=16)
-  args = p.parse_args(argv)
+def main(argv, fv: flags.FlagValues = flags.FLAGS):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag=value")
   from digan_jax import checkpointing
   try:
-    gcfg, g_ema, step = checkpointing.restore_generator(args.checkpoint, args.step)
+    gcfg, g_ema, step = checkpointing.restore_generator(fv.checkpoint, fv.step)
   except FileNotFoundError as e:
     sys.exit(f"error: {e}")
   try:
-    card = sample_to_dir(gcfg, g_ema, args.output, num_videos=args.num_videos,
-                         num_frames=args.num_frames, t_start=args.t_start, t_end=args.t_end,
-                         seed=args.seed, motion_seed=args.motion_seed, scale=args.scale,
-                         zoom=args.zoom, fps=args.fps, batch_size=args.batch_size,
-                         frames_per_chunk=args.frames_per_chunk)
+    card = sample_to_dir(gcfg, g_ema, fv.output, num_videos=fv.num_videos,
+                         num_frames=fv.num_frames, t_start=fv.t_start, t_end=fv.t_end,
+                         seed=fv.seed, motion_seed=fv.motion_seed, scale=fv.scale,
+                         zoom=fv.zoom, fps=fv.fps, batch_size=fv.batch_size,
+                         frames_per_chunk=fv.frames_per_chunk)
   except ValueError as e:
     sys.exit(f"error: {e}")
   card.pop("videos")
   print(json.dumps({"checkpoint_step": step, **card}, indent=1))
+  return 0
+
+
+def run(argv) -> int:
+  """The CLI in this process: argv as sys.argv (program name first); returns the exit code."""
+  fv = _define_flags(flags.FlagValues())
+  return main(fv(list(argv)), fv)
 
 
 if __name__ == "__main__":
-  main()
+  _define_flags(flags.FLAGS)  # only here: importing the module registers no flags
+  app.run(main)

@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from digan_jax import checkpointing, fileio, sampling, sharding
+from digan_jax import checkpointing, config_checks, fileio, sampling, sharding
 from digan_jax.data import resolve
 from digan_jax.errors import NonFiniteLossError, UserError
 from digan_jax.evaluation import evaluator as evaluator_lib
@@ -150,7 +150,7 @@ class NonFiniteGuard:
 
   def __init__(self, patience: int):
     if patience < 1:
-      raise ValueError(f"config.train.nonfinite_patience must be >= 1, got {patience}")
+      raise ValueError(f"patience must be >= 1, got {patience}")
     self.patience = int(patience)
     self.count = 0
     self.first_bad_step = None
@@ -183,13 +183,11 @@ def train_and_evaluate(config, workdir) -> dict:
   from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
   from digan_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
 
+  config_checks.validate(config, jax.device_count())  # before anything is written
   workdir = _prepare_workdir(workdir)
   checkpointing.check_compatible(workdir, config)
-  try:
-    mesh = sharding.make_mesh(config.mesh)
-    digan_steps = steps_lib.DiganSteps(config, mesh)
-  except ValueError as e:
-    raise UserError(str(e)) from e
+  mesh = sharding.make_mesh(config.mesh)
+  digan_steps = steps_lib.DiganSteps(config, mesh)
   gcfg, dcfg = factory.generator_config(config.model), factory.discriminator_config(config.model)
   if jax.process_index() == 0:
     fileio.write_bytes(workdir / "config.json", config.to_json_best_effort(indent=1).encode())
@@ -228,7 +226,7 @@ def train_and_evaluate(config, workdir) -> dict:
   try:
     while step < num_steps:
       batch = _device_batch(next(batches), mesh, gcfg.c_dim)
-      state, metrics = train_step(state, batch, digan_steps.should_r1(step))
+      state, metrics = train_step(state, batch, digan_steps.lazy_phases(step))
       step += 1
       n_log += 1
       for hook in hooks:

@@ -12,7 +12,6 @@ Markdown table, and as JSON with --json. Not collected by pytest (no test_ prefi
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -23,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from absl import app, flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 IGNORED = {".git", ".venv", "workdirs", "__pycache__", ".pytest_cache"}
@@ -39,19 +40,18 @@ class Mutation:
 
 
 MUTATIONS = (
-    Mutation("r1_gain", "R1 loss without the x r1_every lazy-regularisation gain", "digan_jax/steps.py",
-             "total = loss * self.r1_every", "total = loss",
+    Mutation("r1_gain", "R1 loss without the x r1_every lazy-regularisation gain", "digan_jax/phases.py",
+             "total = loss * self.cfg.r1_every", "total = loss",
              ("tests/test_steps.py::test_r1_loss_carries_the_lazy_regularisation_gain",)),
     Mutation("ema", "EMA blend skipped (G_ema := G)", "digan_jax/steps.py",
              "p + (e - p) * beta.astype(p.dtype)", "p + (e - p) * 0.0",
              ("tests/test_steps.py::test_ema_blends_with_the_official_beta",)),
     Mutation("phase_order", "D phase before the G phase (D sees fakes of the old G)", "digan_jax/steps.py",
-             """    state, metrics = self.g_phase(state, batch, inputs.get("g"))
-    state, d_metrics = self.d_phase(state, batch, inputs.get("d"))""",
-             """    state, d_metrics = self.d_phase(state, batch, inputs.get("d"))
-    state, metrics = self.g_phase(state, batch, inputs.get("g"))""",
+             "    for p in self.phases:\n      if p.every == 1 or p.name in lazy:",
+             "    for p in (self.phases[1], self.phases[0], *self.phases[2:]):\n"
+             "      if p.every == 1 or p.name in lazy:",
              ("tests/test_train_parity.py::test_chained_iteration_equals_phases_composed_by_hand",)),
-    Mutation("w_avg", "w_avg not tracked in training (update_w_avg=False)", "digan_jax/steps.py",
+    Mutation("w_avg", "w_avg not tracked in training (update_w_avg=False)", "digan_jax/phases.py",
              "labels=labels, update_w_avg=True, mutable=[\"stats\"])",
              "labels=labels, update_w_avg=False, mutable=[\"stats\"])",
              ("tests/test_steps.py::test_w_avg_tracks_the_batch_mean_of_w_in_every_generator_call",)),
@@ -131,7 +131,7 @@ def _mutated_text(root: pathlib.Path, m: Mutation) -> str:
   return text.replace(m.old, m.new)
 
 
-def run(m: Mutation, snapshot: pathlib.Path, timeout: int, cache_dir: str) -> dict:
+def run_mutation(m: Mutation, snapshot: pathlib.Path, timeout: int, cache_dir: str) -> dict:
   with tempfile.TemporaryDirectory(prefix=f"mutant_{m.name}_") as tmp:
     root = pathlib.Path(tmp) / "repo"
     _copy_tree(snapshot, root)
@@ -163,18 +163,23 @@ def markdown(results) -> str:
   return "\n".join(rows)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--only", default="", help="comma-separated mutation names")
-  parser.add_argument("--list", action="store_true")
-  parser.add_argument("--timeout", type=int, default=1800, help="seconds per mutation")
-  parser.add_argument("--json", default="", help="also write the results here")
-  args = parser.parse_args(argv)
-  if args.list:
+def _define_flags(fv: flags.FlagValues) -> flags.FlagValues:
+  """The tool's flags on `fv`: absl's FLAGS when run as a script, a fresh FlagValues in run()."""
+  flags.DEFINE_list("only", [], "comma-separated mutation names (default: all)", flag_values=fv)
+  flags.DEFINE_boolean("list", False, "list the mutations and exit", flag_values=fv)
+  flags.DEFINE_integer("timeout", 1800, "seconds per mutation", flag_values=fv)
+  flags.DEFINE_string("json", "", "also write the results here", flag_values=fv)
+  return fv
+
+
+def main(argv, fv: flags.FlagValues = flags.FLAGS):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag=value")
+  if fv.list:
     for m in MUTATIONS:
       print(f"{m.name:16s} {m.bug}")
     return 0
-  names = [n for n in args.only.split(",") if n]
+  names = [n for n in fv.only if n]
   unknown = set(names) - {m.name for m in MUTATIONS}
   if unknown:
     raise SystemExit(f"unknown mutations {sorted(unknown)}; see --list")
@@ -187,15 +192,22 @@ def main(argv=None):
     _mutated_text(snapshot, m)
   results = []
   for m in chosen:
-    r = run(m, snapshot, args.timeout, cache_dir)
+    r = run_mutation(m, snapshot, fv.timeout, cache_dir)
     results.append(r)
     print(f"{m.name}: {'caught' if r['caught'] else 'NOT CAUGHT'} in {r['seconds']} s by {r['failed']}",
           flush=True)
-    if args.json:
-      pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
+    if fv.json:
+      pathlib.Path(fv.json).write_text(json.dumps(results, indent=1))
   print(markdown(results))
   return 0 if all(r["caught"] for r in results) else 1
 
 
+def run(argv) -> int:
+  """The tool in this process: argv as sys.argv (program name first); returns the exit code."""
+  fv = _define_flags(flags.FlagValues())
+  return main(fv(list(argv)), fv)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  _define_flags(flags.FLAGS)  # only here: importing the module registers no flags
+  app.run(main)

@@ -88,9 +88,10 @@ def test_cutout_matches_official_box():
 
 
 def _official_cutout_boxes(h, ratio=0.5):
-  """The official DiffAugment `rand_cutout`, written out in NumPy from the spec (fixtures README:
-  c = int(ratio·H + 0.5); offset ~ randint(0, H + 1 − c % 2); rows clamp(offset − c//2 + arange(c),
-  0, H − 1) are zeroed) -> c and {offset: (first zeroed row, last zeroed row)} for every offset."""
+  """The official DiffAugment `rand_cutout` (src/training/diffaugment.py), written out in NumPy
+  (c = int(ratio·H + 0.5); offset ~ randint(0, H + 1 − c % 2); rows clamp(offset − c//2 +
+  arange(c), 0, H − 1) are zeroed) -> c and {offset: (first zeroed row, last zeroed row)} for
+  every offset."""
   c = int(h * ratio + 0.5)
   boxes = {}
   for offset in range(0, h + (1 - c % 2)):

@@ -1,5 +1,6 @@
-"""Clip indexing and frame-pair sampling plans (pure NumPy): spec §4 statistics, determinism per
-(seed, step), per-process sharding, and both clip-sampling policies."""
+"""Clip indexing and frame-pair sampling plans (pure NumPy): the official real frame-pair statistics
+(docs/frame_pairs.md), determinism per (seed, step), per-process sharding, and both clip-sampling
+policies."""
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ def test_real_pair_statistics_match_spec():
   pair, delta_t = clip_plans.sample_pair_times(rng, 400_000, 16)
   assert np.all(pair[:, 0] <= pair[:, 1]) and pair.min() >= 0 and pair.max() <= 15
   np.testing.assert_allclose(delta_t, (pair[:, 1] - pair[:, 0]) / 15, atol=1e-7)
-  # Spec §4 numbers (MC) and the exact distribution of the quantised times.
+  # Monte Carlo numbers of docs/frame_pairs.md and the exact distribution of the quantised times.
   joint, delta = _exact_pair_distribution(16)
   exact_zero = joint[delta == 0].sum()
   exact_mean = (joint * delta).sum() / 15

@@ -1,4 +1,5 @@
-"""Every config in configs/ loads, locks, and builds its networks' shapes."""
+"""Every config in configs/ loads, passes config_checks.validate, locks, and builds its networks'
+shapes."""
 
 import importlib
 import pathlib
@@ -7,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from digan_jax import config_checks
 from digan_jax.models import factory
 
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py")
@@ -21,6 +23,7 @@ def test_all_expected_configs_exist():
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_builds(name):
   config = importlib.import_module(f"configs.{name}").get_config()
+  config_checks.validate(config, num_devices=1)
   config.lock()
   with pytest.raises(AttributeError):
     config.train.global_batch_sise = 3  # a typo must not silently add a field

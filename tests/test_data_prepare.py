@@ -92,7 +92,7 @@ def prepared(video_tree, tmp_path_factory):
 
 # ------------------------------------------------------------------- coded videos (exact checks)
 # Lossless frame folders whose pixel values encode where they come from, so that the prepared
-# frames can be checked against NumPy expectations written from the spec, not against image_ops.
+# frames can be checked against NumPy expectations written from the official rules, not image_ops.
 
 PAIR_LENGTHS = (10, 11, 12, 13)  # train split: square 16x16 videos, video v has 10 + v frames
 
@@ -170,8 +170,9 @@ def test_prepared_frames_lengths_and_metadata(prepared, video_tree):
     "wide_16x24", "tall_26x16", "odd_16x21", "resize_32x48",
     "odd_16x23"])
 def test_centre_crop_window_is_the_official_one(coded, name):
-  """Every prepared pixel comes from the official centre window (spec §9.1, official
-  `resize_crop`: top = (h − s) // 2, left = (w − s) // 2, s = min(h, w)), frames in source order.
+  """Every prepared pixel comes from the official centre window (`resize_crop` in official
+  src/training/dataset.py: top = (h − s) // 2, left = (w − s) // 2, s = min(h, w)), frames in
+  source order.
 
   The expectation is NumPy from that rule alone: with no resize the stored pixel (i, j) of frame t
   is source (top + i, left + j); for 32x48 -> 16 (crop 32x32 at left 8, then bilinear 2x down with
@@ -303,14 +304,32 @@ def test_killed_build_leaves_nothing_that_loads(tmp_path):
 
 
 def test_cli_errors_name_the_fix(tmp_path, capsys):
-  assert prepare.main([f"--input={tmp_path}/nothing", "--output", str(tmp_path), "--recipe=ucf101"]) == 2
+  def cli(*flags):
+    return prepare.run(["prepare", "--output", str(tmp_path), *flags])
+
+  assert cli(f"--input={tmp_path}/nothing", "--recipe=ucf101") == 2
   assert "crcv.ucf.edu" in capsys.readouterr().err
-  assert prepare.main([f"--input={tmp_path}", "--output", str(tmp_path), "--recipe=taichi"]) == 2
+  assert cli(f"--input={tmp_path}", "--recipe=taichi") == 2
   assert "first-order-model" in capsys.readouterr().err
-  assert prepare.main([f"--input={tmp_path}", "--output", str(tmp_path), "--recipe=kinetics_food"]) == 2
+  assert cli(f"--input={tmp_path}", "--recipe=kinetics_food", "--name=food") == 2
   assert "food classes" in capsys.readouterr().err
-  assert prepare.main([f"--input={tmp_path}/nothing", "--output", str(tmp_path), "--recipe=sky"]) == 2
+  assert cli(f"--input={tmp_path}/nothing", "--recipe=sky") == 2
   assert "MDGAN" in capsys.readouterr().err
+  # Each run parses into fresh flags: --name and --recipe from the runs above are gone.
+  assert cli(f"--input={tmp_path}") == 2
+  assert "--name=NAME" in capsys.readouterr().err
+
+
+def test_cli_modules_register_no_global_flags():
+  """The CLIs define their absl flags on the global FLAGS only when run as __main__, so importing
+  several in one process cannot collide (prepare, sampling and import_official all have --output)."""
+  from absl import flags
+
+  from digan_jax import import_official, sampling
+  from digan_jax.evaluation import classify
+  for module in (prepare, sampling, import_official, classify):
+    names = set(module._define_flags(flags.FlagValues()))
+    assert names and not names & set(flags.FLAGS), (module.__name__, names & set(flags.FLAGS))
 
 
 def test_ucf101_recipe_splits_and_sorted_labels(tmp_path):

@@ -27,7 +27,8 @@ def _lax_conv(x, w, stride, pad, groups=1):
 
 
 def reference_conv(x, weight, down):
-  """Spec §1.3 with XLA convs: pad, depthwise 4x4 FIR (valid), conv with stride `down`."""
+  """StyleGAN2-ADA `Conv2dLayer` with XLA convs: pad, depthwise 4x4 FIR (valid), conv with stride
+  `down` (FIR outer([1,3,3,1], [1,3,3,1]) / 64; official src/training/networks.py)."""
   k = weight.shape[0]
   if down == 1:
     return _lax_conv(x, weight, 1, k // 2)

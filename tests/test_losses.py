@@ -5,7 +5,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from digan_jax import augment, losses
+from digan_jax import augment, losses, optim
 
 
 def _softplus(x):
@@ -76,7 +76,7 @@ def test_r1_gradient_asymmetry_through_augmentation():
 
 
 def test_ema_beta_schedule():
-  """Spec §7.3 / §14.8 with batch 64, 20 kimg half-life, ramp-up 0.05."""
+  """Official G_ema schedule (training_loop.py) with batch 64, 20 kimg half-life, ramp-up 0.05."""
   beta = lambda step: float(losses.ema_beta(step, 64, 20.0, 0.05))
   assert beta(0) == 0.0  # a copy
   # Mid-ramp: step 1000 -> cur_nimg 64,000 -> ema_nimg 3,200 -> β = 0.5^(64/3200).
@@ -90,7 +90,7 @@ def test_ema_beta_schedule():
 def test_adam_hparams_lazy_regularisation_correction():
   tc = ml_collections.ConfigDict(dict(base_lr=0.0025, beta1=0.0, beta2=0.99, eps=1e-8,
                                       g_reg_interval=4, d_reg_interval=16))
-  hp = losses.adam_hparams(tc)
+  hp = optim.adam_hparams(tc)
   np.testing.assert_allclose(hp["g"]["learning_rate"], 0.002, rtol=1e-12)
   np.testing.assert_allclose(hp["g"]["b2"], 0.991992, atol=5e-7)
   np.testing.assert_allclose(hp["d"]["learning_rate"], 0.0023529, atol=5e-8)
@@ -100,7 +100,7 @@ def test_adam_hparams_lazy_regularisation_correction():
 
 def test_sanitize_grads():
   g = {"a": jnp.array([np.nan, np.inf, -np.inf, 1.5], jnp.float32)}
-  np.testing.assert_array_equal(losses.sanitize_grads(g)["a"], [0.0, 1e5, -1e5, 1.5])
+  np.testing.assert_array_equal(optim.sanitize_grads(g)["a"], [0.0, 1e5, -1e5, 1.5])
 
 
 @pytest.mark.parametrize("gamma", [1.0, 0.25])

@@ -49,7 +49,7 @@ def test_sampling_from_imported_official_checkpoint(official_npz_with_distinct_g
   monkeypatch.setattr(sampling, "sample_to_dir",
                       lambda gcfg, g, *a, **k: passed.append(g) or real_sample_to_dir(gcfg, g, *a, **k))
   out = tmp_path / "samples"
-  sampling.main(["--checkpoint", str(ckpt), "--num_videos=2", "--num_frames=3", "--batch_size=2",
+  sampling.run(["sampling", "--checkpoint", str(ckpt), "--num_videos=2", "--num_frames=3", "--batch_size=2",
                  "--output", str(out / "cli"), "--t_end=2.0"])
   monkeypatch.undo()
   for name in ("video_0000.mp4", "video_0001.gif", "grid.mp4", "grid.gif", "sampling.json"):
@@ -67,7 +67,8 @@ def test_sampling_from_imported_official_checkpoint(official_npz_with_distinct_g
   c = sampling.sample_to_dir(gcfg, g_ema, out / "c", motion_seed=7, **kw)["videos"]
   assert a.shape == (2, 3, 128, 128, 3)
   np.testing.assert_array_equal(a, b)  # deterministic per seed
-  # The official weights here have zero motion biases, so t = 0 ignores z_motion (spec §14.4).
+  # The motion MLP's input, lrelu(0.25·t·affine(w, z_motion)), is 0 at t = 0, so the t = 0 frame
+  # ignores z_motion (official CoordFuser, src/training/layers.py).
   np.testing.assert_array_equal(a[:, 0], c[:, 0])
   # Another motion seed moves the whole picture at t = 1 and 2, not a grey level here and there.
   changed = np.abs(a[:, 1:].astype(int) - c[:, 1:].astype(int))
@@ -93,4 +94,4 @@ def test_sampling_from_imported_official_checkpoint(official_npz_with_distinct_g
 
 def test_sampling_cli_missing_checkpoint(tmp_path):
   with pytest.raises(SystemExit, match="does not exist"):
-    sampling.main(["--checkpoint", str(tmp_path / "nope"), "--output", str(tmp_path / "o")])
+    sampling.run(["sampling", "--checkpoint", str(tmp_path / "nope"), "--output", str(tmp_path / "o")])

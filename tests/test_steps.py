@@ -98,7 +98,7 @@ def test_effective_adam_matches_reference_update():
   np.testing.assert_allclose(steps.adam_hparams["d"]["learning_rate"], 0.0025 * 16 / 17, rtol=1e-12)
   np.testing.assert_allclose(steps.adam_hparams["g"]["b2"], 0.991992, atol=5e-7)
   np.testing.assert_allclose(steps.adam_hparams["d"]["b2"], 0.990585, atol=5e-7)
-  for tx, hp in ((steps.g_tx, steps.adam_hparams["g"]), (steps.d_tx, steps.adam_hparams["d"])):
+  for tx, hp in ((steps.optimizers["g"], steps.adam_hparams["g"]), (steps.optimizers["d"], steps.adam_hparams["d"])):
     assert hp["b1"] == 0.0 and hp["eps"] == 1e-8
     params = jnp.array([1.0, -2.0, 3.0])
     grads = [jnp.array([0.5, -1e-3, 2.0]), jnp.array([-0.25, 1e-3, 1.0])]
@@ -120,7 +120,7 @@ def test_fake_times_follow_sorted_beta():
                                compiler_options=tiny_digan.COMPILER_OPTIONS)
   times = np.asarray(jax.jit(lambda k: steps._fake_draws(k, 200_000)["times"])(jax.random.key(3)))
   assert np.all(times[:, 0] <= times[:, 1]) and times.min() >= 0 and times.max() <= 1
-  # Spec §4: E[t_lo] = 0.300, E[t_hi] = 0.700, E[Δt] = 0.400 (MC std ~6e-4).
+  # Official fake-time draws (docs/frame_pairs.md): E[t_lo] = 0.300, E[t_hi] = 0.700, E[Δt] = 0.400 (MC std ~6e-4).
   np.testing.assert_allclose(times.mean(0), [0.3, 0.7], atol=3e-3)
   np.testing.assert_allclose(np.mean(times[:, 1] - times[:, 0]), 0.4, atol=3e-3)
   dt = times[:, 1] - times[:, 0]
@@ -152,7 +152,7 @@ def test_class_conditional_phase_uses_labels():
   steps = steps_lib.DiganSteps(config, mesh, compiler_options=tiny_digan.COMPILER_OPTIONS)
   state = steps.create_train_state()
   batch = tiny_digan.real_batch(0, 16, 8, c_dim=3)
-  d_loss = jax.jit(lambda s, b: steps.d_phase(s, b)[1]["train/loss_d"])
+  d_loss = jax.jit(lambda s, b: steps.run_phase("d", s, b)[1]["train/loss_d"])
   loss_a = float(d_loss(state, batch))
   loss_b = float(d_loss(state, {**batch, "label": (batch["label"] + 1) % 3}))
   assert np.isfinite(loss_a) and abs(loss_a - loss_b) > 1e-6
@@ -191,7 +191,7 @@ def test_nonfinite_guard():
 
 def test_learning_motion_that_follows_delta_t():
   """Toy videos whose brightness ramps with time, x(t) = colour_v + SLOPE·(t - 1/2), with Δt drawn
-  like the fakes' (so D_M cannot win on the time gap alone, spec D1). D first separates real from
+  like the fakes' (so D_M cannot win on the time gap alone; docs/frame_pairs.md). D first separates real from
   fake, then G closes the gap: its frames take the colour, and its frame difference follows Δt with
   the real slope. A G that ignores t or z_motion (frame difference 0) fails the slope check."""
   slope_real, res, batch_size = 1.0, 8, 8
@@ -200,8 +200,8 @@ def test_learning_motion_that_follows_delta_t():
   config.train.augment = ""  # keep the toy problem learnable in a few hundred steps
   config.train.base_lr = 0.01
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-  steps, state = steps_lib.create_train_state(config, mesh,
-                                              compiler_options=tiny_digan.COMPILER_OPTIONS)
+  steps = steps_lib.DiganSteps(config, mesh, compiler_options=tiny_digan.COMPILER_OPTIONS)
+  state = steps.create_train_state()
   colour = np.array([0.3, -0.3, 0.0], np.float32)
   draws = steps._fake_draws(jax.random.key(7), 64)
   times = np.asarray(draws["times"])
@@ -231,7 +231,7 @@ def test_learning_motion_that_follows_delta_t():
   error_init, slope_init, _ = fit(state)
   gaps = []
   for i in range(600):
-    state, m = step_fn(state, toy_batch(i), steps.should_r1(i))
+    state, m = step_fn(state, toy_batch(i), steps.lazy_phases(i))
     gaps.append(float(m["train/dm_real_logit"] - m["train/dm_fake_logit"]
                       + m["train/di_real_logit"] - m["train/di_fake_logit"]))
   error_final, slope, corr = fit(state)
@@ -239,7 +239,10 @@ def test_learning_motion_that_follows_delta_t():
   print(f"colour error {error_init:.3f} -> {error_final:.3f}; frame-difference slope vs Δt "
         f"{slope_init:.3f} -> {slope:.3f} (real {slope_real}), correlation {corr:.3f}; "
         f"logit gap per 50 steps {np.round(windows, 2).tolist()}")
-  assert step_fn._cache_size() == 2  # with and without R1, nothing else
+  # One trace and one compilation per variant (with and without R1), nothing else.
+  assert steps.step_variants() == ((), ("r1",))
+  assert dict(steps.trace_counts) == {("train_step", ()): 1, ("train_step", ("r1",)): 1}
+  assert step_fn._cache_size() == 2
   assert windows[:4].max() > 1.5  # D tells real from fake
   assert windows[-1] < 0.25 * windows[:4].max()  # and G closes the gap again
   assert error_final < 0.2 * error_init  # by moving its frames to the real colour at time t
@@ -255,9 +258,9 @@ def test_training_replays_the_public_phase_draws():
   draw = lambda s: {"g": steps.g_inputs(s, batch), "d": steps.d_inputs(s, batch),
                     "r1": steps.r1_inputs(s, batch)}
   step_fn = jax.jit(steps.train_step, static_argnums=2)
-  drawn, _ = step_fn(state, batch, True)
-  replayed, _ = step_fn(state, batch, True, draw(state))
-  other, _ = step_fn(state, batch, True, draw(state.replace(step=jnp.asarray(5, jnp.int32))))
+  drawn, _ = step_fn(state, batch, ("r1",))
+  replayed, _ = step_fn(state, batch, ("r1",), draw(state))
+  other, _ = step_fn(state, batch, ("r1",), draw(state.replace(step=jnp.asarray(5, jnp.int32))))
   same = _max_abs_diff(tiny_digan.host_params(drawn), tiny_digan.host_params(replayed))
   differ = _max_abs_diff(tiny_digan.host_params(drawn), tiny_digan.host_params(other))
   print(f"drawn vs replayed draws: {same:.3g}; vs draws of another step: {differ:.3g}")
@@ -299,7 +302,7 @@ def test_ema_blends_with_the_official_beta():
   state = state.replace(step=jnp.asarray(step, jnp.int32), g_params=g,
                         g_ema={"params": g_ema, "stats": state.g_stats})
   new = jax.jit(steps.ema_phase)(state)
-  ema_nimg = min(steps.ema_kimg * 1000, step * steps.global_batch * steps.ema_rampup)
+  ema_nimg = min(steps.cfg.ema_kimg * 1000, step * steps.global_batch * steps.cfg.ema_rampup)
   beta = 0.5 ** (steps.global_batch / ema_nimg)
   assert 0.1 < beta < 0.99
   # Relative to the values: the mapping weights are stored x100 (lr multiplier 0.01).
@@ -325,7 +328,7 @@ def test_r1_loss_carries_the_lazy_regularisation_gain():
   t = four.terms
   np.testing.assert_allclose(t["total"], 4 * (t["r1_loss_motion"] + t["r1_loss_image"]), rtol=1e-6)
   np.testing.assert_allclose(t["r1_loss_motion"] + t["r1_loss_image"],
-                             0.5 * steps.r1_gamma * (t["r1_penalty_motion"] + t["r1_penalty_image"]),
+                             0.5 * steps.cfg.r1_gamma * (t["r1_penalty_motion"] + t["r1_penalty_image"]),
                              rtol=1e-6)
   ratios = [float(np.max(np.abs(b))) / float(np.max(np.abs(a)))
             for a, b in zip(jax.tree.leaves(one.grads), jax.tree.leaves(four.grads))
@@ -342,8 +345,8 @@ def test_w_avg_tracks_the_batch_mean_of_w_in_every_generator_call():
   batch = tiny_digan.real_batch(0, steps.global_batch, steps.resolution)
   g_in, d_in = steps.g_inputs(state, batch), steps.d_inputs(state, batch)
   state = state.replace(g_stats=jax.tree.map(lambda x: x + 0.3, state.g_stats))
-  after_g, _ = jax.jit(steps.g_phase)(state, batch, g_in)
-  after_d, _ = jax.jit(steps.d_phase)(after_g, batch, d_in)
+  after_g, _ = jax.jit(lambda s, b, i: steps.run_phase("g", s, b, i))(state, batch, g_in)
+  after_d, _ = jax.jit(lambda s, b, i: steps.run_phase("d", s, b, i))(after_g, batch, d_in)
   beta = steps.gcfg.w_avg_beta
 
   def expected(params, stats, z):

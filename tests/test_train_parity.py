@@ -19,7 +19,7 @@ import pytest
 
 import tiny_digan
 
-from digan_jax import augment, losses, sharding, steps as steps_lib
+from digan_jax import augment, losses, optim, sharding, steps as steps_lib
 from digan_jax.models import official
 from digan_jax.models.discriminator import DualDiscriminator
 from digan_jax.models.generator import Generator
@@ -100,7 +100,7 @@ def case_steps(fx):
 
 def _aug_params(arrays, phase: str, pas: str, steps) -> dict:
   """The recorded official DiffAugment draws of one pass, in augment.sample_params' layout."""
-  ops = augment.parse_policy(steps.policy)
+  ops = augment.parse_policy(steps.cfg.policy)
   draw = lambda name: arrays[f"in/aug/{phase}/aug/{pas}/{name}"]
   params = {}
   if "color" in ops:
@@ -110,7 +110,7 @@ def _aug_params(arrays, phase: str, pas: str, steps) -> dict:
   if "translation" in ops:
     params["translate"] = np.stack([draw("translation_x"), draw("translation_y")], 1).astype(np.int32)
   if "cutout" in ops:
-    c = augment.shift_size(steps.resolution, steps.cutout)
+    c = augment.shift_size(steps.resolution, steps.cfg.cutout)
     offset = np.stack([draw("cutout_offset_x"), draw("cutout_offset_y")], 1).astype(np.int32)
     params["cutout"] = offset - c // 2
   return params
@@ -283,14 +283,14 @@ def test_chained_iteration_equals_phases_composed_by_hand(fx, case_steps):
     for name in order:
       opt = "g" if name == "g" else "d"
       result = grads[name](s, batch, inputs[name])
-      tx = steps.g_tx if opt == "g" else steps.d_tx
+      tx = steps.optimizers[opt]
       params, opt_state = getattr(s, f"{opt}_params"), getattr(s, f"{opt}_opt_state")
-      updates, opt_state = tx.update(losses.sanitize_grads(result.grads), opt_state, params)
+      updates, opt_state = tx.update(optim.sanitize_grads(result.grads), opt_state, params)
       s = s.replace(**{f"{opt}_params": jax.tree.map(jnp.add, params, updates),
                        f"{opt}_opt_state": opt_state})
       if result.g_stats is not None:
         s = s.replace(g_stats=result.g_stats)
-    beta = float(losses.ema_beta(400, steps.global_batch, steps.ema_kimg, steps.ema_rampup))
+    beta = float(losses.ema_beta(400, steps.global_batch, steps.cfg.ema_kimg, steps.cfg.ema_rampup))
     assert 0 < beta < 1
     ema = jax.tree.map(lambda e, p: beta * np.asarray(e) + (1 - beta) * np.asarray(p),
                        state.g_ema["params"], s.g_params)
@@ -311,7 +311,7 @@ def test_chained_iteration_equals_phases_composed_by_hand(fx, case_steps):
 
   with jax.default_matmul_precision("highest"):
     chained, metrics = jax.jit(steps.train_step, static_argnums=2,
-                               compiler_options=FAST_COMPILE)(state, batch, True, inputs)
+                               compiler_options=FAST_COMPILE)(state, batch, ("r1",), inputs)
     chained = jax.device_get(chained)
     right = worst(chained, *compose(("g", "d", "r1")))
     # Negative control: the D step before the G step (D's fakes from the old G) is told apart.

@@ -52,14 +52,15 @@ def run(config, mesh, num_steps: int):
   import jax
   from digan_jax import sharding, steps as steps_lib
 
-  steps, state = steps_lib.create_train_state(config, mesh, compiler_options=COMPILER_OPTIONS)
+  steps = steps_lib.DiganSteps(config, mesh, compiler_options=COMPILER_OPTIONS)
+  state = steps.create_train_state()
   step_fn = steps.jit_train_step()
   rows = sharding.process_rows(mesh, steps.global_batch)
   history = []
   for i in range(num_steps):
     batch = real_batch(i, steps.global_batch, steps.resolution, steps.c_dim)
     local = {k: v[rows] for k, v in batch.items()}
-    state, metrics = step_fn(state, sharding.global_batch_from_local(local, mesh), steps.should_r1(i))
+    state, metrics = step_fn(state, sharding.global_batch_from_local(local, mesh), steps.lazy_phases(i))
     history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
   return history, state
 

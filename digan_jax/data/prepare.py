@@ -1,7 +1,7 @@
 """Prepare CLI: turns a folder of videos (or frame folders, or a recipe's source) into a TFDS dataset.
 
-  python -m digan_jax.data.prepare --input=DIR --output=DATA_DIR --name=NAME --resolution=R \
-      [--layout=files|class_folders|frame_folders] [--splits=train,test | train:sub_a,test:sub_b] \
+  python -m digan_jax.data.prepare --input=DIR --output=DATA_DIR --name=NAME --resolution=R \\
+      [--layout=files|class_folders|frame_folders] [--splits=train,test | train:sub_a,test:sub_b] \\
       [--image_format=png|jpeg --jpeg_quality=95] [--resize_method=bilinear|lanczos] [--min_frames=16]
   python -m digan_jax.data.prepare --recipe=ucf101|taichi|sky|kinetics_food --input=DIR --output=DATA_DIR
   python -m digan_jax.data.prepare --recipe=synthetic_videos --output=DATA_DIR --resolution=32 [--num_videos=N]
@@ -17,13 +17,14 @@ Atomicity: everything is written under DATA_DIR/.incomplete-NAME-*/ and moved to
 one rename when complete, so an interrupted build never leaves anything that loads.
 """
 
-import argparse
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
+
+from absl import app, flags
 
 from digan_jax import fileio
 from digan_jax.data import image_ops
@@ -212,58 +213,65 @@ def prepare_synthetic(output_dir, resolution, num_videos=None, num_test=None, mi
   return f"synthetic_videos/{config}", time.time() - started
 
 
-def _parser():
-  parser = argparse.ArgumentParser(
-      prog="python -m digan_jax.data.prepare", description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--input", help="source folder (videos, class folders, frame folders or a recipe's download)")
-  parser.add_argument("--output", required=True, help="TFDS data dir to write DATA_DIR/NAME into")
-  parser.add_argument("--name", help="dataset name (default: the recipe name)")
-  parser.add_argument("--resolution", type=int, default=128, help="output frame side (square)")
-  parser.add_argument("--recipe", choices=recipes.RECIPES, help="a documented dataset recipe (DATASETS.md)")
-  parser.add_argument("--layout", default="files", choices=recipes.LAYOUTS)
-  parser.add_argument("--splits", default="", help="'train,test' (subfolders) or 'train:sub_a,test:sub_b'; "
-                      "default: the whole input as split 'train'")
-  parser.add_argument("--fold", type=int, default=1, choices=(1, 2, 3), help="UCF-101 split fold")
-  parser.add_argument("--image_format", default="png", choices=image_ops.IMAGE_FORMATS)
-  parser.add_argument("--jpeg_quality", type=int, default=95)
-  parser.add_argument("--resize_method", choices=image_ops.RESIZE_METHODS,
-                      help="default bilinear (official loader); the kinetics_food recipe uses lanczos")
-  parser.add_argument("--min_frames", type=int, default=16, help="shorter videos are skipped")
-  parser.add_argument("--max_frames", type=int, default=0, help="keep at most this many frames (0 = all)")
-  parser.add_argument("--fps", type=float, default=0.0, help="frame rate recorded for frame folders")
-  parser.add_argument("--num_workers", type=int, default=0, help="decoding processes (0 = all cores)")
-  parser.add_argument("--overwrite", action="store_true", help="replace an existing DATA_DIR/NAME")
-  parser.add_argument("--num_videos", type=int, help="synthetic_videos: train videos (default 1024)")
-  parser.add_argument("--num_test_videos", type=int, help="synthetic_videos: test videos (default 256)")
-  parser.add_argument("--seed", type=int, help="synthetic_videos: set seed (default 0)")
-  return parser
+def _define_flags(fv: flags.FlagValues) -> flags.FlagValues:
+  """The CLI's flags on `fv`: absl's FLAGS under `python -m`, a fresh FlagValues in run()."""
+  flags.DEFINE_string("input", None, "source folder (videos, class folders, frame folders or a "
+                      "recipe's download)", flag_values=fv)
+  flags.DEFINE_string("output", None, "TFDS data dir to write DATA_DIR/NAME into (local or gs://)",
+                      flag_values=fv)
+  flags.DEFINE_string("name", None, "dataset name (default: the recipe name)", flag_values=fv)
+  flags.DEFINE_integer("resolution", 128, "output frame side (square)", flag_values=fv)
+  flags.DEFINE_enum("recipe", None, recipes.RECIPES, "a documented dataset recipe (DATASETS.md)",
+                    flag_values=fv)
+  flags.DEFINE_enum("layout", "files", recipes.LAYOUTS, "how the input folder holds its videos "
+                    "(DATASETS.md)", flag_values=fv)
+  flags.DEFINE_string("splits", "", "'train,test' (subfolders) or 'train:sub_a,test:sub_b'; "
+                      "default: the whole input as split 'train'", flag_values=fv)
+  flags.DEFINE_integer("fold", 1, "UCF-101 split fold", lower_bound=1, upper_bound=3, flag_values=fv)
+  flags.DEFINE_enum("image_format", "png", image_ops.IMAGE_FORMATS, "how frames are stored",
+                    flag_values=fv)
+  flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality (with --image_format=jpeg)", flag_values=fv)
+  flags.DEFINE_enum("resize_method", None, image_ops.RESIZE_METHODS, "default bilinear (official "
+                    "loader); the kinetics_food recipe uses lanczos", flag_values=fv)
+  flags.DEFINE_integer("min_frames", 16, "shorter videos are skipped", flag_values=fv)
+  flags.DEFINE_integer("max_frames", 0, "keep at most this many frames (0 = all)", flag_values=fv)
+  flags.DEFINE_float("fps", 0.0, "frame rate recorded for frame folders", flag_values=fv)
+  flags.DEFINE_integer("num_workers", 0, "decoding processes (0 = all cores)", flag_values=fv)
+  flags.DEFINE_boolean("overwrite", False, "replace an existing DATA_DIR/NAME", flag_values=fv)
+  flags.DEFINE_integer("num_videos", None, "synthetic_videos: train videos (default 1024)",
+                       flag_values=fv)
+  flags.DEFINE_integer("num_test_videos", None, "synthetic_videos: test videos (default 256)",
+                       flag_values=fv)
+  flags.DEFINE_integer("seed", None, "synthetic_videos: set seed (default 0)", flag_values=fv)
+  flags.mark_flag_as_required("output", flag_values=fv)
+  return fv
 
 
-def main(argv=None):
-  args = _parser().parse_args(argv)
+def main(argv, fv: flags.FlagValues = flags.FLAGS):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag=value")
   try:
-    if args.recipe == "synthetic_videos":
-      name, seconds = prepare_synthetic(args.output, args.resolution, args.num_videos, args.num_test_videos,
-                                        seed=args.seed, num_workers=args.num_workers or None)
-      print(f"Built {name} in {args.output} ({seconds:.1f} s). Train with --config.data.name={name}")
+    if fv.recipe == "synthetic_videos":
+      name, seconds = prepare_synthetic(fv.output, fv.resolution, fv.num_videos, fv.num_test_videos,
+                                        seed=fv.seed, num_workers=fv.num_workers or None)
+      print(f"Built {name} in {fv.output} ({seconds:.1f} s). Train with --config.data.name={name}")
       return 0
-    if args.recipe:
-      if not args.input:
-        raise recipes.SourceError(f"--recipe={args.recipe} needs --input=DIR (the downloaded source).")
-      plan = recipes.recipe_plan(args.recipe, args.input, args.fold)
-      name = args.name or args.recipe
+    if fv.recipe:
+      if not fv.input:
+        raise recipes.SourceError(f"--recipe={fv.recipe} needs --input=DIR (the downloaded source).")
+      plan = recipes.recipe_plan(fv.recipe, fv.input, fv.fold)
+      name = fv.name or fv.recipe
     else:
-      if not args.input or not args.name:
+      if not fv.input or not fv.name:
         raise recipes.SourceError("Pass --input=DIR and --name=NAME (or --recipe=...).")
-      plan = recipes.layout_plan(args.input, args.layout, args.splits)
-      name = args.name
-    resize_method = args.resize_method or plan.settings.get("resize_method", "bilinear")
+      plan = recipes.layout_plan(fv.input, fv.layout, fv.splits)
+      name = fv.name
+    resize_method = fv.resize_method or plan.settings.get("resize_method", "bilinear")
     report = prepare_dataset(
-        args.output, name, args.resolution, plan=plan, image_format=args.image_format,
-        jpeg_quality=args.jpeg_quality, resize_method=resize_method, min_frames=args.min_frames,
-        max_frames=args.max_frames, frame_folder_fps=args.fps, num_workers=args.num_workers or None,
-        overwrite=args.overwrite)
+        fv.output, name, fv.resolution, plan=plan, image_format=fv.image_format,
+        jpeg_quality=fv.jpeg_quality, resize_method=resize_method, min_frames=fv.min_frames,
+        max_frames=fv.max_frames, frame_folder_fps=fv.fps, num_workers=fv.num_workers or None,
+        overwrite=fv.overwrite)
   except (recipes.SourceError, EmptyDatasetError, FileExistsError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -276,5 +284,12 @@ def main(argv=None):
   return 0
 
 
+def run(argv) -> int:
+  """The CLI in this process: argv as sys.argv (program name first); returns the exit code."""
+  fv = _define_flags(flags.FlagValues())
+  return main(fv(list(argv)), fv)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  _define_flags(flags.FLAGS)  # only here: importing the module registers no flags
+  app.run(main)

