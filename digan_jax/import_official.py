@@ -15,7 +15,9 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from digan_jax import cli_flags
 
 def import_npz(npz_path, output, motion_sigma=0.25, mbstd_group_size=4, conv_clamp=256.0, step=0):
   """Convert and save; returns (GeneratorConfig, DiscriminatorConfig or None, checkpoint path)."""
@@ -48,8 +50,7 @@ def _define_flags(fv: flags.FlagValues) -> flags.FlagValues:
 
 
 def main(argv, fv: flags.FlagValues = flags.FLAGS):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag=value")
+  cli_flags.reject_positional(argv)
   if not os.path.isfile(fv.npz):
     sys.exit(f"error: {fv.npz} not found; export it from the official pickle first "
              "(README, 'Importing official weights')")
@@ -64,11 +65,9 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
 
 
 def run(argv) -> int:
-  """The CLI in this process: argv as sys.argv (program name first); returns the exit code."""
-  fv = _define_flags(flags.FlagValues())
-  return main(fv(list(argv)), fv)
+  """The tool in this process (program name first in argv); returns the exit code."""
+  return cli_flags.run_in_process(_define_flags, main, argv)
 
 
 if __name__ == "__main__":
-  _define_flags(flags.FLAGS)  # only here: importing the module registers no flags
-  app.run(main)
+  cli_flags.run_as_program(_define_flags, main)

@@ -13,6 +13,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from digan_jax import cli_flags
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configuration file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory (local path or gs://)")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "what to run")
@@ -52,8 +54,7 @@ def _initialize_distributed(jax):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  cli_flags.reject_positional(argv)
   # TF (data pipelines only) must never take accelerator memory from JAX.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   import jax  # pylint: disable=g-import-not-at-top

@@ -19,9 +19,9 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from digan_jax import fileio, quantize
+from digan_jax import cli_flags, fileio, quantize
 from digan_jax.models.generator import Generator
 from digan_jax.models.inr import CoordGrid
 
@@ -175,8 +175,7 @@ def _define_flags(fv: flags.FlagValues) -> flags.FlagValues:
 
 
 def main(argv, fv: flags.FlagValues = flags.FLAGS):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag=value")
+  cli_flags.reject_positional(argv)
   from digan_jax import checkpointing
   try:
     gcfg, g_ema, step = checkpointing.restore_generator(fv.checkpoint, fv.step)
@@ -196,11 +195,9 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
 
 
 def run(argv) -> int:
-  """The CLI in this process: argv as sys.argv (program name first); returns the exit code."""
-  fv = _define_flags(flags.FlagValues())
-  return main(fv(list(argv)), fv)
+  """The tool in this process (program name first in argv); returns the exit code."""
+  return cli_flags.run_in_process(_define_flags, main, argv)
 
 
 if __name__ == "__main__":
-  _define_flags(flags.FLAGS)  # only here: importing the module registers no flags
-  app.run(main)
+  cli_flags.run_as_program(_define_flags, main)

@@ -23,7 +23,10 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from digan_jax import cli_flags  # noqa: E402  (run as a script from tests/)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 IGNORED = {".git", ".venv", "workdirs", "__pycache__", ".pytest_cache"}
@@ -173,8 +176,7 @@ def _define_flags(fv: flags.FlagValues) -> flags.FlagValues:
 
 
 def main(argv, fv: flags.FlagValues = flags.FLAGS):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag=value")
+  cli_flags.reject_positional(argv)
   if fv.list:
     for m in MUTATIONS:
       print(f"{m.name:16s} {m.bug}")
@@ -203,11 +205,9 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
 
 
 def run(argv) -> int:
-  """The tool in this process: argv as sys.argv (program name first); returns the exit code."""
-  fv = _define_flags(flags.FlagValues())
-  return main(fv(list(argv)), fv)
+  """The tool in this process (program name first in argv); returns the exit code."""
+  return cli_flags.run_in_process(_define_flags, main, argv)
 
 
 if __name__ == "__main__":
-  _define_flags(flags.FLAGS)  # only here: importing the module registers no flags
-  app.run(main)
+  cli_flags.run_as_program(_define_flags, main)

@@ -24,9 +24,9 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 
-from digan_jax import fileio
+from digan_jax import cli_flags, fileio
 from digan_jax.data import image_ops
 from digan_jax.data import parallel
 from digan_jax.data import recipes
@@ -248,8 +248,7 @@ def _define_flags(fv: flags.FlagValues) -> flags.FlagValues:
 
 
 def main(argv, fv: flags.FlagValues = flags.FLAGS):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag=value")
+  cli_flags.reject_positional(argv)
   try:
     if fv.recipe == "synthetic_videos":
       name, seconds = prepare_synthetic(fv.output, fv.resolution, fv.num_videos, fv.num_test_videos,
@@ -285,11 +284,9 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
 
 
 def run(argv) -> int:
-  """The CLI in this process: argv as sys.argv (program name first); returns the exit code."""
-  fv = _define_flags(flags.FlagValues())
-  return main(fv(list(argv)), fv)
+  """The tool in this process (program name first in argv); returns the exit code."""
+  return cli_flags.run_in_process(_define_flags, main, argv)
 
 
 if __name__ == "__main__":
-  _define_flags(flags.FLAGS)  # only here: importing the module registers no flags
-  app.run(main)
+  cli_flags.run_as_program(_define_flags, main)

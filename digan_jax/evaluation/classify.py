@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 from absl import app, flags
 
+from digan_jax import cli_flags
 from digan_jax.data import video_io
 from digan_jax.evaluation.i3d import MIN_FRAMES, NUM_CLASSES, i3d_features, preprocess_for_i3d
 from digan_jax.evaluation.i3d_weights import WEIGHTS_ENV_VAR, load_i3d
@@ -68,12 +69,10 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> int:
   return 0
 
 
-def run(argv: Sequence[str]) -> int:
-  """The CLI in this process: argv as sys.argv (program name first); returns the exit code."""
-  fv = _define_flags(flags.FlagValues())
-  return main(fv(list(argv)), fv)
+def run(argv) -> int:
+  """The tool in this process (program name first in argv); returns the exit code."""
+  return cli_flags.run_in_process(_define_flags, main, argv)
 
 
 if __name__ == "__main__":
-  _define_flags(flags.FLAGS)  # only here: importing the module registers no flags
-  app.run(main)
+  cli_flags.run_as_program(_define_flags, main)
