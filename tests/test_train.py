@@ -17,6 +17,7 @@ import pytest
 from digan_jax import checkpointing, sampling, train
 from digan_jax.evaluation import evaluator
 from digan_jax.errors import UserError
+import tiny_digan
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_STEPS = 12
@@ -42,6 +43,29 @@ def _env():
   env = dict(os.environ)
   env["JAX_PLATFORMS"] = "cpu"
   return env
+
+
+# `python -m digan_jax.main` with the train steps compiled like this process's (fast_compile): the
+# same programs, so the subprocess reads them from the shared persistent compilation cache.
+_FAST_COMPILE_MAIN = """
+import runpy, sys
+sys.path.insert(0, "tests")
+import tiny_digan
+from digan_jax import steps
+steps.DiganSteps = tiny_digan.fast_compile_steps()
+runpy.run_module("digan_jax.main", run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compile():
+  """The trainer's own runs in this process compile their train steps at LLVM -O0 (tiny networks
+  are compile-bound on CPU); evaluation and sampling keep the default level (I3D at 224x224 is
+  run-time bound)."""
+  from digan_jax import steps as steps_lib
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(steps_lib, "DiganSteps", tiny_digan.fast_compile_steps())
+    yield
 
 
 def _restore_state(ckpt_dir, step):
@@ -140,7 +164,10 @@ def test_sample_mode_renders_what_the_loop_rendered(uninterrupted, data_dir):
 
 def test_preempted_run_resumes_to_identical_parameters(uninterrupted, data_dir, tmp_path):
   workdir = tmp_path / "preempted"
-  proc = subprocess.Popen(_main_cmd(workdir, data_dir, "--config.checkpoint_every_steps=3"),
+  cmd = _main_cmd(workdir, data_dir, "--config.checkpoint_every_steps=3")
+  assert cmd[1:3] == ["-m", "digan_jax.main"]
+  cmd[1:3] = ["-c", _FAST_COMPILE_MAIN]
+  proc = subprocess.Popen(cmd,
                           cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
   deadline = time.time() + 600
@@ -252,8 +279,9 @@ def test_unwritable_workdir(tmp_path, data_dir):
 def test_bad_batch_for_mesh(tmp_path, data_dir):
   config = _smoke(data_dir)
   config.train.num_micro_batches = 3
-  with pytest.raises(UserError, match="num_micro_batches"):
+  with pytest.raises(UserError, match=r"config.train.num_micro_batches=3: must divide"):
     train.train_and_evaluate(config, tmp_path / "wd")
+  assert not (tmp_path / "wd").exists()  # refused before anything is written
 
 
 @pytest.mark.parametrize("flag,message", [

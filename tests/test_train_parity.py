@@ -9,6 +9,7 @@ The phases are replayed through the public API the trainer itself uses (`*_grads
 Tolerances are those of the fixture's README_train.md; `pytest -s` prints the measured errors.
 """
 
+import functools
 import os
 import pathlib
 
@@ -91,9 +92,8 @@ def case_steps(fx):
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     steps = steps_lib.DiganSteps(config, mesh, Generator(fx["gcfg"]), DualDiscriminator(fx["dcfg"]))
     state = steps.init_from(fx["g_vars"], fx["d_vars"])
-    grads = {name: jax.jit(lambda s, b, i, fn=getattr(steps, f"{name}_grads"): fn(s, b, i, details=True),
-                           compiler_options=FAST_COMPILE)
-             for name in ("g", "d", "r1")}
+    grads = {p.name: jax.jit(functools.partial(p.grads, details=True), compiler_options=FAST_COMPILE)
+             for p in steps.phases}
     out[case] = (steps, state, grads)
   return out
 

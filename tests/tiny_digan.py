@@ -37,6 +37,19 @@ def tiny_config(resolution: int = 8, global_batch: int = 16, r1_every: int = 1,
   return config
 
 
+def fast_compile_steps():
+  """A DiganSteps whose jits default to COMPILER_OPTIONS: for trainer runs in tests (the trainer
+  builds its own DiganSteps)."""
+  from digan_jax import steps
+
+  class FastCompileSteps(steps.DiganSteps):
+    def __init__(self, *args, **kwargs):
+      kwargs.setdefault("compiler_options", COMPILER_OPTIONS)
+      super().__init__(*args, **kwargs)
+
+  return FastCompileSteps
+
+
 def real_batch(step: int, global_batch: int, resolution: int, c_dim: int = 0):
   """Deterministic 'real' batch of frame pairs for iteration `step` (NumPy, global rows)."""
   rng = np.random.default_rng(1000 + step)
