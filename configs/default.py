@@ -25,7 +25,7 @@ def get_config():
   g.channel_max = 512  # widest layer
   g.fmm_rank = 10  # rank of the factorised multiplicative modulation
   g.emb_size = 128  # Fourier features per embedding point (sin and cos: 2x channels)
-  g.fourier_scale = 10.0 ** 0.5  # spatial frequency scale σ_x = σ_y
+  g.fourier_scale = 10.0**0.5  # spatial frequency scale σ_x = σ_y
   g.motion_sigma = 0.25  # temporal frequency σ_t (0.5 for 128-frame training)
   g.extra_convs = ((128, 1), (256, 1))  # (block resolution, extra FMM layers)
   g.w_avg_beta = 0.995  # decay of the tracked w average (truncation only)
@@ -89,7 +89,9 @@ def get_config():
   config.sample_every_steps = 2000  # sample grids / videos
   config.eval_every_steps = 5000  # proxy FVD period (0 = off)
   config.profile = False  # capture a profiler trace of a few early steps (process 0)
-  config.tensorboard = True  # TensorBoard event files in the workdir (else scalars go to the log only)
+  config.tensorboard = (
+    True  # TensorBoard event files in the workdir (else scalars go to the log only)
+  )
 
   # ---- evaluation ----
   config.eval = ev = ml_collections.ConfigDict()

@@ -29,8 +29,9 @@ def shift_size(resolution: int, ratio: float) -> int:
   return int(resolution * ratio + 0.5)
 
 
-def sample_params(key, batch: int, resolution: int, policy: str, translation: float = 0.125,
-                  cutout: float = 0.5) -> dict[str, jax.Array]:
+def sample_params(
+  key, batch: int, resolution: int, policy: str, translation: float = 0.125, cutout: float = 0.5
+) -> dict[str, jax.Array]:
   """Per-video random parameters for `policy`, each an array with leading dimension `batch`."""
   ops = parse_policy(policy)
   keys = jax.random.split(key, 7)
@@ -57,8 +58,9 @@ def _translate_axis(x, shift, axis: int):
   shape = [x.shape[0]] + [1] * (x.ndim - 1)
   shape[axis] = n
   src = jnp.clip(src, 0, n - 1).reshape(shape)
-  gathered = jnp.take_along_axis(x, jnp.broadcast_to(src, x.shape[:axis] + (n,) + x.shape[axis + 1:]),
-                                 axis=axis)
+  gathered = jnp.take_along_axis(
+    x, jnp.broadcast_to(src, x.shape[:axis] + (n,) + x.shape[axis + 1 :]), axis=axis
+  )
   return jnp.where(valid.reshape(shape), gathered, 0.0)
 
 
@@ -84,8 +86,9 @@ def apply_frames(frames, params: dict[str, jax.Array], policy: str, cutout: floa
       start = params["cutout"]
       rows = jnp.arange(h)[None] - start[:, :1]
       cols = jnp.arange(w)[None] - start[:, 1:]
-      inside = (((rows >= 0) & (rows < size[0]))[:, :, None]
-                & ((cols >= 0) & (cols < size[1]))[:, None, :])  # [B, H, W]
+      inside = ((rows >= 0) & (rows < size[0]))[:, :, None] & ((cols >= 0) & (cols < size[1]))[
+        :, None, :
+      ]  # [B, H, W]
       x = jnp.where(inside[:, None, :, :, None], 0.0, x)
   return x
 
@@ -105,4 +108,3 @@ def augment_pair7(key, x7, policy: str, translation: float = 0.125, cutout: floa
   """Draw and apply in one go (fresh randomness per call)."""
   params = sample_params(key, x7.shape[0], x7.shape[1], policy, translation, cutout)
   return apply_pair7(x7, params, policy, cutout)
-

@@ -43,20 +43,26 @@ def configs_from_card(card: dict[str, Any]) -> tuple[GeneratorConfig, Discrimina
   return gcfg, dcfg
 
 
-def manager(directory, max_to_keep: int | None = None, create: bool = True) -> ocp.CheckpointManager:
+def manager(
+  directory, max_to_keep: int | None = None, create: bool = True
+) -> ocp.CheckpointManager:
   directory = as_path(directory)
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
   return ocp.CheckpointManager(directory, options=options)
 
 
-def save_networks(directory, step: int, *, g, g_ema, d, gcfg: GeneratorConfig,
-                  dcfg: DiscriminatorConfig | None) -> epath.Path:
+def save_networks(
+  directory, step: int, *, g, g_ema, d, gcfg: GeneratorConfig, dcfg: DiscriminatorConfig | None
+) -> epath.Path:
   """Write networks (no optimiser state) as step `step`, e.g. from the official importer."""
   mngr = manager(directory)
   if step in mngr.all_steps():
     raise FileExistsError(f"{directory} already holds step {step}; choose a new output directory")
-  items = dict(g_ema=ocp.args.StandardSave(g_ema), g=ocp.args.StandardSave(g),
-               model=ocp.args.JsonSave(model_card(gcfg, dcfg)))
+  items = dict(
+    g_ema=ocp.args.StandardSave(g_ema),
+    g=ocp.args.StandardSave(g),
+    model=ocp.args.JsonSave(model_card(gcfg, dcfg)),
+  )
   if d is not None:
     items["d"] = ocp.args.StandardSave(d)
   mngr.save(step, args=ocp.args.Composite(**items))
@@ -110,10 +116,15 @@ def check_compatible(workdir, config):
   old = fileio.read_json(saved)
   new = json.loads(config.to_json_best_effort())
   if old.get("model") != new.get("model"):
-    diff = sorted(k for k in set(old.get("model", {})) | set(new["model"])
-                  if old.get("model", {}).get(k) != new["model"].get(k))
-    raise UserError(f"--workdir={workdir} holds a run of a different model (config.model.{diff} "
-                    "differ); use a new --workdir or the original config")
+    diff = sorted(
+      k
+      for k in set(old.get("model", {})) | set(new["model"])
+      if old.get("model", {}).get(k) != new["model"].get(k)
+    )
+    raise UserError(
+      f"--workdir={workdir} holds a run of a different model (config.model.{diff} "
+      "differ); use a new --workdir or the original config"
+    )
 
 
 class TrainCheckpoints:
@@ -123,8 +134,9 @@ class TrainCheckpoints:
     workdir = as_path(workdir)
     options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
     self.last = ocp.CheckpointManager(workdir / "checkpoints", options=options)
-    self.best = ocp.CheckpointManager(workdir / "best", options=ocp.CheckpointManagerOptions(
-        max_to_keep=1, create=True))
+    self.best = ocp.CheckpointManager(
+      workdir / "best", options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    )
     self.card = model_card(gcfg, dcfg)
     self.best_fvd = math.inf
     best_file = workdir / "best" / "best.json"
@@ -136,17 +148,27 @@ class TrainCheckpoints:
     return self.last.latest_step()
 
   def save(self, step: int, state):
-    self.last.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), g_ema=ocp.args.StandardSave(state.g_ema),
-        model=ocp.args.JsonSave(self.card)))
+    self.last.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        g_ema=ocp.args.StandardSave(state.g_ema),
+        model=ocp.args.JsonSave(self.card),
+      ),
+    )
 
   def save_if_best(self, step: int, state, fvd: float):
     if not fvd < self.best_fvd:
       return
     self.best_fvd = fvd
     self.best.wait_until_finished()
-    self.best.save(step, args=ocp.args.Composite(
-        g_ema=ocp.args.StandardSave(state.g_ema), model=ocp.args.JsonSave(self.card)), force=True)
+    self.best.save(
+      step,
+      args=ocp.args.Composite(
+        g_ema=ocp.args.StandardSave(state.g_ema), model=ocp.args.JsonSave(self.card)
+      ),
+      force=True,
+    )
     self.best.wait_until_finished()
     if jax.process_index() == 0:
       fileio.write_json(self.workdir / "best" / "best.json", {"step": step, "fvd": fvd})
@@ -154,11 +176,14 @@ class TrainCheckpoints:
   def restore(self, step: int, abstract_state):
     """The train state of `step`, placed as `abstract_state` (ShapeDtypeStructs with shardings)."""
     try:
-      out = self.last.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state)))
+      out = self.last.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+      )
     except (ValueError, KeyError) as e:
-      raise UserError(f"checkpoint {step} in {self.workdir / 'checkpoints'} does not match this "
-                      f"config ({str(e).splitlines()[0][:200]}); use a new --workdir") from e
+      raise UserError(
+        f"checkpoint {step} in {self.workdir / 'checkpoints'} does not match this "
+        f"config ({str(e).splitlines()[0][:200]}); use a new --workdir"
+      ) from e
     return out["state"]
 
   def close(self):

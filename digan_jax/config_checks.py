@@ -36,8 +36,11 @@ def validate(config, num_devices: int | None = None) -> None:
   batch = _positive_int(tc, "global_batch_size", "train.global_batch_size")
   micro = _positive_int(tc, "num_micro_batches", "train.num_micro_batches")
   if batch % micro:
-    _fail("train.num_micro_batches", micro,
-          f"must divide train.global_batch_size={batch}; change one of them")
+    _fail(
+      "train.num_micro_batches",
+      micro,
+      f"must divide train.global_batch_size={batch}; change one of them",
+    )
   _positive_int(tc, "r1_every", "train.r1_every")
   if "nonfinite_patience" in tc:
     _positive_int(tc, "nonfinite_patience", "train.nonfinite_patience")
@@ -58,6 +61,9 @@ def validate(config, num_devices: int | None = None) -> None:
     except ValueError as e:
       raise ConfigError(str(e)) from e
     if (batch // micro) % num_devices:
-      _fail("train.global_batch_size", batch,
-            f"the micro-batch {batch // micro} (/ num_micro_batches={micro}) does not split over "
-            f"the {num_devices} devices; use a multiple of {num_devices * micro}")
+      _fail(
+        "train.global_batch_size",
+        batch,
+        f"the micro-batch {batch // micro} (/ num_micro_batches={micro}) does not split over "
+        f"the {num_devices} devices; use a multiple of {num_devices * micro}",
+      )

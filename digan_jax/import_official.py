@@ -19,6 +19,7 @@ from absl import flags
 
 from digan_jax import cli_flags
 
+
 def import_npz(npz_path, output, motion_sigma=0.25, mbstd_group_size=4, conv_clamp=256.0, step=0):
   """Convert and save; returns (GeneratorConfig, DiscriminatorConfig or None, checkpoint path)."""
   from digan_jax import checkpointing
@@ -37,13 +38,21 @@ def import_npz(npz_path, output, motion_sigma=0.25, mbstd_group_size=4, conv_cla
 def _define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   """The CLI's flags on `fv`: absl's FLAGS under `python -m`, a fresh FlagValues in run()."""
   flags.DEFINE_string("npz", None, "exported official state_dicts (.npz)", flag_values=fv)
-  flags.DEFINE_string("output", None, "checkpoint directory to create (local or gs://)",
-                      flag_values=fv)
-  flags.DEFINE_float("motion_sigma", 0.25, "σ_t the model was trained with (0.25; the paper's "
-                     "128-frame TaiChi model used 0.5)", flag_values=fv)
-  flags.DEFINE_integer("mbstd_group_size", 4, "minibatch-std group of the discriminator",
-                       flag_values=fv)
-  flags.DEFINE_float("conv_clamp", 256.0, "discriminator conv clamp (official: 256)", flag_values=fv)
+  flags.DEFINE_string(
+    "output", None, "checkpoint directory to create (local or gs://)", flag_values=fv
+  )
+  flags.DEFINE_float(
+    "motion_sigma",
+    0.25,
+    "σ_t the model was trained with (0.25; the paper's 128-frame TaiChi model used 0.5)",
+    flag_values=fv,
+  )
+  flags.DEFINE_integer(
+    "mbstd_group_size", 4, "minibatch-std group of the discriminator", flag_values=fv
+  )
+  flags.DEFINE_float(
+    "conv_clamp", 256.0, "discriminator conv clamp (official: 256)", flag_values=fv
+  )
   flags.DEFINE_integer("step", 0, "checkpoint step number to write", flag_values=fv)
   flags.mark_flags_as_required(["npz", "output"], flag_values=fv)
   return fv
@@ -52,14 +61,18 @@ def _define_flags(fv: flags.FlagValues) -> flags.FlagValues:
 def main(argv, fv: flags.FlagValues = flags.FLAGS):
   cli_flags.reject_positional(argv)
   if not os.path.isfile(fv.npz):
-    sys.exit(f"error: {fv.npz} not found; export it from the official pickle first "
-             "(README, 'Importing official weights')")
+    sys.exit(
+      f"error: {fv.npz} not found; export it from the official pickle first "
+      "(README, 'Importing official weights')"
+    )
   try:
-    gcfg, dcfg, path = import_npz(fv.npz, fv.output, fv.motion_sigma, fv.mbstd_group_size,
-                                  fv.conv_clamp, fv.step)
+    gcfg, dcfg, path = import_npz(
+      fv.npz, fv.output, fv.motion_sigma, fv.mbstd_group_size, fv.conv_clamp, fv.step
+    )
   except (ValueError, KeyError, FileExistsError) as e:
     sys.exit(f"error: {e}")
   from digan_jax.checkpointing import model_card
+
   print(json.dumps({"checkpoint": str(path), **model_card(gcfg, dcfg)}, indent=1))
   return 0
 

@@ -23,8 +23,10 @@ def _mean(x):
 
 def generator_loss_terms(fake_motion_logits, fake_image_logits) -> dict[str, jax.Array]:
   """The official Gmain terms: mean_B softplus(-D_M(fake)) and mean_2B softplus(-D_I(fake frames))."""
-  return {"G_motion": _mean(jax.nn.softplus(-fake_motion_logits)),
-          "G_image": _mean(jax.nn.softplus(-fake_image_logits))}
+  return {
+    "G_motion": _mean(jax.nn.softplus(-fake_motion_logits)),
+    "G_image": _mean(jax.nn.softplus(-fake_image_logits)),
+  }
 
 
 def generator_loss(fake_motion_logits, fake_image_logits):
@@ -32,19 +34,27 @@ def generator_loss(fake_motion_logits, fake_image_logits):
   return sum(generator_loss_terms(fake_motion_logits, fake_image_logits).values())
 
 
-def discriminator_loss_terms(real_motion_logits, real_image_logits, fake_motion_logits,
-                             fake_image_logits) -> dict[str, jax.Array]:
+def discriminator_loss_terms(
+  real_motion_logits, real_image_logits, fake_motion_logits, fake_image_logits
+) -> dict[str, jax.Array]:
   """The official Dmain terms: softplus(D(fake)) and softplus(-D(real)) per D, each a batch mean."""
-  return {"D_motion_fake": _mean(jax.nn.softplus(fake_motion_logits)),
-          "D_image_fake": _mean(jax.nn.softplus(fake_image_logits)),
-          "D_motion_real": _mean(jax.nn.softplus(-real_motion_logits)),
-          "D_image_real": _mean(jax.nn.softplus(-real_image_logits))}
+  return {
+    "D_motion_fake": _mean(jax.nn.softplus(fake_motion_logits)),
+    "D_image_fake": _mean(jax.nn.softplus(fake_image_logits)),
+    "D_motion_real": _mean(jax.nn.softplus(-real_motion_logits)),
+    "D_image_real": _mean(jax.nn.softplus(-real_image_logits)),
+  }
 
 
-def discriminator_loss(real_motion_logits, real_image_logits, fake_motion_logits, fake_image_logits):
+def discriminator_loss(
+  real_motion_logits, real_image_logits, fake_motion_logits, fake_image_logits
+):
   """L_D, the sum of `discriminator_loss_terms`."""
-  return sum(discriminator_loss_terms(real_motion_logits, real_image_logits, fake_motion_logits,
-                                      fake_image_logits).values())
+  return sum(
+    discriminator_loss_terms(
+      real_motion_logits, real_image_logits, fake_motion_logits, fake_image_logits
+    ).values()
+  )
 
 
 def _squared_norm_per_sample(g):
@@ -62,6 +72,7 @@ def r1_penalties(motion_fn: Callable, image_fn: Callable, real7, augment_fn: Cal
   logits, the input gradients `grad_motion` [B, H, W, 7] and `grad_image` [2B, H, W, 3], and
   `d_input` (the augmented x7).
   """
+
   def motion_sum(x7):
     aug7 = augment_fn(x7)
     logits = motion_fn(aug7)
@@ -75,10 +86,15 @@ def r1_penalties(motion_fn: Callable, image_fn: Callable, real7, augment_fn: Cal
     return jnp.sum(logits.astype(jnp.float32)), logits
 
   grad_frames, image_logits = jax.grad(image_sum, has_aux=True)(frames)
-  return {"penalty_motion": _squared_norm_per_sample(grad7),
-          "penalty_image": _squared_norm_per_sample(grad_frames),
-          "motion_logits": motion_logits, "image_logits": image_logits,
-          "grad_motion": grad7, "grad_image": grad_frames, "d_input": aug7}
+  return {
+    "penalty_motion": _squared_norm_per_sample(grad7),
+    "penalty_image": _squared_norm_per_sample(grad_frames),
+    "motion_logits": motion_logits,
+    "image_logits": image_logits,
+    "grad_motion": grad7,
+    "grad_image": grad_frames,
+    "d_input": aug7,
+  }
 
 
 def r1_loss(penalty_motion, penalty_image, gamma: float):

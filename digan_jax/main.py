@@ -44,9 +44,11 @@ def _initialize_distributed(jax):
   """
   kwargs = {}
   if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-                  num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-                  process_id=int(os.environ["JAX_PROCESS_ID"]))
+    kwargs = dict(
+      coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+      num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+      process_id=int(os.environ["JAX_PROCESS_ID"]),
+    )
   if os.environ.get("JAX_PLATFORMS", "").startswith("cpu"):
     # Cross-process collectives on CPU (local multi-process runs and tests).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -63,20 +65,30 @@ def main(argv):
   config = _CONFIG.value
   if _wants_distributed(config):
     _initialize_distributed(jax)
-  logging.info("JAX %s: process %d/%d, %d local / %d global devices (%s)", jax.__version__,
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count(), jax.devices()[0].device_kind)
+  logging.info(
+    "JAX %s: process %d/%d, %d local / %d global devices (%s)",
+    jax.__version__,
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+    jax.devices()[0].device_kind,
+  )
 
   from digan_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+
   try:
     if _MODE.value == "train":
       from digan_jax import train  # pylint: disable=g-import-not-at-top
+
       train.train_and_evaluate(config, _WORKDIR.value)
     elif _MODE.value == "eval":
       from digan_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
+
       evaluator.run_eval_mode(config, _WORKDIR.value)
     else:
       from digan_jax import sampling  # pylint: disable=g-import-not-at-top
+
       sampling.run_sample_mode(config, _WORKDIR.value)
   except UserError as e:
     logging.error("%s", e)
@@ -96,8 +108,9 @@ def _parse_flags(argv):
       _CONFIG.value.get("train")  # a config file that failed to load raises only when first read
     return remaining
   except OSError as e:  # the --config file itself
-    message = str(e).replace("Configuration is not available because of an earlier failure to "
-                             "load: ", "")
+    message = str(e).replace(
+      "Configuration is not available because of an earlier failure to load: ", ""
+    )
   except flags.Error as e:
     message = str(e)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
@@ -108,8 +121,11 @@ def _parse_flags(argv):
     except (SyntaxError, ValueError):
       pass
   message = " ".join(message.split())
-  print(f"error: {message}\n(check the flag and the field names in configs/default.py; "
-        "--helpfull lists the flags)", file=sys.stderr)
+  print(
+    f"error: {message}\n(check the flag and the field names in configs/default.py; "
+    "--helpfull lists the flags)",
+    file=sys.stderr,
+  )
   sys.exit(2)
 
 

@@ -17,8 +17,12 @@ def adam_hparams(train_config) -> dict[str, dict[str, float]]:
   out = {}
   for name, interval in (("g", train_config.g_reg_interval), ("d", train_config.d_reg_interval)):
     ratio = interval / (interval + 1) if interval and interval > 0 else 1.0
-    out[name] = dict(learning_rate=train_config.base_lr * ratio, b1=train_config.beta1 ** ratio,
-                     b2=train_config.beta2 ** ratio, eps=train_config.eps)
+    out[name] = dict(
+      learning_rate=train_config.base_lr * ratio,
+      b1=train_config.beta1**ratio,
+      b2=train_config.beta2**ratio,
+      eps=train_config.eps,
+    )
   return out
 
 

@@ -37,6 +37,7 @@ PHASE_G, PHASE_D, PHASE_R1 = 0, 1, 2  # fold_in indices of the phases' random dr
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
   """The training settings the step reads, validated once (config_checks.validate)."""
+
   global_batch: int
   num_micro: int
   policy: str  # DiffAugment policy
@@ -52,11 +53,18 @@ class StepConfig:
   def from_config(cls, config, num_devices: int) -> "StepConfig":
     config_checks.validate(config, num_devices)
     tc = config.train
-    return cls(global_batch=int(tc.global_batch_size), num_micro=int(tc.num_micro_batches),
-               policy=str(tc.augment), translation=float(tc.augment_translation),
-               cutout=float(tc.augment_cutout), r1_gamma=float(tc.r1_gamma),
-               r1_every=int(tc.r1_every), ema_kimg=float(tc.ema_kimg),
-               ema_rampup=tc.ema_rampup, seed=int(tc.seed))
+    return cls(
+      global_batch=int(tc.global_batch_size),
+      num_micro=int(tc.num_micro_batches),
+      policy=str(tc.augment),
+      translation=float(tc.augment_translation),
+      cutout=float(tc.augment_cutout),
+      r1_gamma=float(tc.r1_gamma),
+      r1_every=int(tc.r1_every),
+      ema_kimg=float(tc.ema_kimg),
+      ema_rampup=tc.ema_rampup,
+      seed=int(tc.seed),
+    )
 
 
 @flax.struct.dataclass
@@ -69,6 +77,7 @@ class PhaseResult:
   global batch order, image-D quantities as [B, 2, ...] (frames t_lo, t_hi). g_stats: the
   generator's w_avg after the phase's generator call (None for R1).
   """
+
   phase: str = flax.struct.field(pytree_node=False)
   grads: Any = None
   terms: dict[str, jax.Array] = None
@@ -89,10 +98,13 @@ class PhaseFunctions:
 
   def _constrain(self, tree, leading: int = 0):
     """Pin the batch dimension (after `leading` unsharded dims) to the batch sharding."""
+
     def one(x):
       spec = [None] * leading + [sharding.BATCH_AXES] + [None] * (x.ndim - leading - 1)
       return jax.lax.with_sharding_constraint(
-          x, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(*spec)))
+        x, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(*spec))
+      )
+
     return jax.tree.map(one, tree)
 
   def _phase_key(self, state, phase: int):
@@ -100,8 +112,9 @@ class PhaseFunctions:
 
   def _aug_params(self, key, n: int):
     cfg = self.cfg
-    return augment.sample_params(key, n, self.gcfg.resolution, cfg.policy, cfg.translation,
-                                 cfg.cutout)
+    return augment.sample_params(
+      key, n, self.gcfg.resolution, cfg.policy, cfg.translation, cfg.cutout
+    )
 
   def _fake_draws(self, key, n: int) -> dict[str, Any]:
     """Latents, sorted Beta(2,1)/Beta(1,2) times (as the official frame-pair sampling) and
@@ -111,25 +124,35 @@ class PhaseFunctions:
     t_a = jnp.sqrt(jax.random.uniform(k_a, (n,)))
     t_b = 1.0 - jnp.sqrt(jax.random.uniform(k_b, (n,)))
     times = jnp.stack([jnp.minimum(t_a, t_b), jnp.maximum(t_a, t_b)], axis=1)
-    return dict(z_content=jax.random.normal(k_z, (n, self.gcfg.z_dim)),
-                z_motion=jax.random.normal(k_m, (n, self.gcfg.motion_dim)),
-                times=times, aug_fake=self._aug_params(k_aug, n))
+    return dict(
+      z_content=jax.random.normal(k_z, (n, self.gcfg.z_dim)),
+      z_motion=jax.random.normal(k_m, (n, self.gcfg.motion_dim)),
+      times=times,
+      aug_fake=self._aug_params(k_aug, n),
+    )
 
   def _labels(self, batch):
     """One-hot class labels [B, c_dim] for a conditional model (None otherwise)."""
     if not self.gcfg.c_dim:
       return None
     if "label" not in batch:
-      raise ValueError(f"the model is class-conditional (c_dim={self.gcfg.c_dim}) but the batch has no "
-                       "'label'; use a labelled dataset or set config.model.generator.c_dim=0")
+      raise ValueError(
+        f"the model is class-conditional (c_dim={self.gcfg.c_dim}) but the batch has no "
+        "'label'; use a labelled dataset or set config.model.generator.c_dim=0"
+      )
     return jax.nn.one_hot(batch["label"], self.gcfg.c_dim, dtype=jnp.float32)
 
   def _real7(self, batch):
     frames = batch["frames"]
-    if frames.ndim != 5 or frames.shape[1] != 2 or frames.shape[2:] != (self.gcfg.resolution,
-                                                                         self.gcfg.resolution, 3):
-      raise ValueError(f"real batch 'frames' must be [B, 2, {self.gcfg.resolution}, {self.gcfg.resolution}, 3], "
-                       f"got {frames.shape}")
+    if (
+      frames.ndim != 5
+      or frames.shape[1] != 2
+      or frames.shape[2:] != (self.gcfg.resolution, self.gcfg.resolution, 3)
+    ):
+      raise ValueError(
+        f"real batch 'frames' must be [B, 2, {self.gcfg.resolution}, {self.gcfg.resolution}, 3], "
+        f"got {frames.shape}"
+      )
     frames = frames.astype(jnp.float32)
     return pack_pair(frames[:, 0], frames[:, 1], batch["delta_t"].astype(jnp.float32))
 
@@ -139,8 +162,14 @@ class PhaseFunctions:
     As in training, the mapping's w_avg is updated by this call (official training mode).
     """
     frames, mutated = self.generator.apply(
-        {"params": g_params, "stats": g_stats}, z_content, z_motion, times,
-        labels=labels, update_w_avg=True, mutable=["stats"])
+      {"params": g_params, "stats": g_stats},
+      z_content,
+      z_motion,
+      times,
+      labels=labels,
+      update_w_avg=True,
+      mutable=["stats"],
+    )
     return pack_pair(frames[:, 0], frames[:, 1], times[:, 1] - times[:, 0]), mutated["stats"]
 
   def d_input(self, x7, aug_params):
@@ -176,8 +205,9 @@ class PhaseFunctions:
       return carry, per_video
 
     first = jax.tree.map(lambda x: x[0], micro)
-    shapes = jax.eval_shape(lambda p, mb: (lambda r: (r[1], r[0][1][0], r[0][1][2]))(grad_fn(p, mb)),
-                            params, first)
+    shapes = jax.eval_shape(
+      lambda p, mb: (lambda r: (r[1], r[0][1][0], r[0][1][2]))(grad_fn(p, mb)), params, first
+    )
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     total, per_video = jax.lax.scan(body, zeros, micro)
     grads, terms, g_stats = jax.tree.map(lambda x: x / k, total)
@@ -231,8 +261,9 @@ class PhaseFunctions:
     inputs = self._check_inputs(inputs, need)
 
     def loss_fn(g_params, mb):
-      fake7, stats = self.render_pair7(g_params, state.g_stats, mb["z_content"], mb["z_motion"],
-                                       mb["times"], mb.get("labels"))
+      fake7, stats = self.render_pair7(
+        g_params, state.g_stats, mb["z_content"], mb["z_motion"], mb["times"], mb.get("labels")
+      )
       motion, image, aug7 = self._d_logits(state.d_params, fake7, mb["aug_fake"], mb.get("labels"))
       terms = losses.generator_loss_terms(motion, image)
       loss = sum(terms.values())
@@ -251,19 +282,30 @@ class PhaseFunctions:
     inputs["real7"] = self._constrain(self._real7(batch))
 
     def loss_fn(d_params, mb):
-      fake7, stats = self.render_pair7(state.g_params, state.g_stats, mb["z_content"],
-                                       mb["z_motion"], mb["times"], mb.get("labels"))
+      fake7, stats = self.render_pair7(
+        state.g_params,
+        state.g_stats,
+        mb["z_content"],
+        mb["z_motion"],
+        mb["times"],
+        mb.get("labels"),
+      )
       fake7 = jax.lax.stop_gradient(fake7)
       # Separate calls for fakes and reals: minibatch-std groups never mix them (official).
       fake_m, fake_i, fake_aug = self._d_logits(d_params, fake7, mb["aug_fake"], mb.get("labels"))
-      real_m, real_i, real_aug = self._d_logits(d_params, mb["real7"], mb["aug_real"],
-                                                mb.get("real_labels"))
+      real_m, real_i, real_aug = self._d_logits(
+        d_params, mb["real7"], mb["aug_real"], mb.get("real_labels")
+      )
       terms = losses.discriminator_loss_terms(real_m, real_i, fake_m, fake_i)
       terms["total_fake_part"] = terms["D_motion_fake"] + terms["D_image_fake"]
       terms["total_real_part"] = terms["D_motion_real"] + terms["D_image_real"]
       loss = terms["total_fake_part"] + terms["total_real_part"]
-      per_video = {"fake/motion_logits": fake_m, "fake/image_logits": _per_video(fake_i),
-                   "real/motion_logits": real_m, "real/image_logits": _per_video(real_i)}
+      per_video = {
+        "fake/motion_logits": fake_m,
+        "fake/image_logits": _per_video(fake_i),
+        "real/motion_logits": real_m,
+        "real/image_logits": _per_video(real_i),
+      }
       if details:
         per_video.update({"fake7": fake7, "fake/d_input": fake_aug, "real/d_input": real_aug})
       return loss, ({**terms, "total": loss}, per_video, stats)
@@ -277,24 +319,40 @@ class PhaseFunctions:
 
     def loss_fn(d_params, mb):
       lab = mb.get("real_labels")
-      apply = lambda x, method: self.discriminator.apply({"params": d_params}, x, lab, method=method)
+      apply = lambda x, method: self.discriminator.apply(
+        {"params": d_params}, x, lab, method=method
+      )
       r1 = losses.r1_penalties(
-          lambda x7: apply(x7, "motion"), lambda frames: apply(frames, "image"), mb["real7"],
-          lambda x7: self.d_input(x7, mb["aug_real"]))
-      terms = {"r1_penalty_motion": jnp.mean(r1["penalty_motion"]),
-               "r1_penalty_image": jnp.mean(r1["penalty_image"])}
+        lambda x7: apply(x7, "motion"),
+        lambda frames: apply(frames, "image"),
+        mb["real7"],
+        lambda x7: self.d_input(x7, mb["aug_real"]),
+      )
+      terms = {
+        "r1_penalty_motion": jnp.mean(r1["penalty_motion"]),
+        "r1_penalty_image": jnp.mean(r1["penalty_image"]),
+      }
       terms["r1_loss_motion"] = 0.5 * self.cfg.r1_gamma * terms["r1_penalty_motion"]
       terms["r1_loss_image"] = 0.5 * self.cfg.r1_gamma * terms["r1_penalty_image"]
-      loss = losses.r1_loss(terms["r1_penalty_motion"], terms["r1_penalty_image"], self.cfg.r1_gamma)
+      loss = losses.r1_loss(
+        terms["r1_penalty_motion"], terms["r1_penalty_image"], self.cfg.r1_gamma
+      )
       # Lazy regularisation: the R1 step runs every r1_every iterations with the loss scaled up.
       total = loss * self.cfg.r1_every
-      per_video = {"real/motion_logits": r1["motion_logits"],
-                   "real/image_logits": _per_video(r1["image_logits"]),
-                   "r1_penalty_motion": r1["penalty_motion"],
-                   "r1_penalty_image": _per_video(r1["penalty_image"])}
+      per_video = {
+        "real/motion_logits": r1["motion_logits"],
+        "real/image_logits": _per_video(r1["image_logits"]),
+        "r1_penalty_motion": r1["penalty_motion"],
+        "r1_penalty_image": _per_video(r1["penalty_image"]),
+      }
       if details:
-        per_video.update({"real/d_input": r1["d_input"], "r1_grad_motion": r1["grad_motion"],
-                          "r1_grad_image": _per_video(r1["grad_image"])})
+        per_video.update(
+          {
+            "real/d_input": r1["d_input"],
+            "r1_grad_motion": r1["grad_motion"],
+            "r1_grad_image": _per_video(r1["grad_image"]),
+          }
+        )
       return total, ({**terms, "total": total}, per_video, None)
 
     return PhaseResult("r1", *self._accumulate(loss_fn, state.d_params, inputs))
@@ -303,16 +361,23 @@ class PhaseFunctions:
 # What each phase reports (fetched every log step): its loss and gradient norm, and for Dmain the
 # mean logits of both discriminators on reals and fakes.
 
+
 def g_metrics(result: PhaseResult) -> dict[str, jax.Array]:
   return {"train/loss_g": result.terms["total"], "train/grad_norm_g": optax.tree.norm(result.grads)}
 
 
 def d_metrics(result: PhaseResult) -> dict[str, jax.Array]:
   pv = result.per_video
-  logits = {f"train/d{d}_{p}_logit": jnp.mean(pv[f"{p}/{name}_logits"])
-            for d, name in (("m", "motion"), ("i", "image")) for p in ("real", "fake")}
-  return {"train/loss_d": result.terms["total"], "train/grad_norm_d": optax.tree.norm(result.grads),
-          **logits}
+  logits = {
+    f"train/d{d}_{p}_logit": jnp.mean(pv[f"{p}/{name}_logits"])
+    for d, name in (("m", "motion"), ("i", "image"))
+    for p in ("real", "fake")
+  }
+  return {
+    "train/loss_d": result.terms["total"],
+    "train/grad_norm_d": optax.tree.norm(result.grads),
+    **logits,
+  }
 
 
 def r1_metrics(result: PhaseResult) -> dict[str, jax.Array]:

@@ -38,9 +38,17 @@ def latents(seed: int, num_videos: int, dim: int) -> jnp.ndarray:
   return latents_at(seed, jnp.arange(num_videos), dim)
 
 
-def render(generator: Generator, variables, z_content, z_motion, times, labels=None,
-           grid: CoordGrid = CoordGrid(), frames_per_chunk: int | None = None,
-           truncation_psi: float = 1.0):
+def render(
+  generator: Generator,
+  variables,
+  z_content,
+  z_motion,
+  times,
+  labels=None,
+  grid: CoordGrid = CoordGrid(),
+  frames_per_chunk: int | None = None,
+  truncation_psi: float = 1.0,
+):
   """Frames [B, T, H, W, 3] for `times` ([T] or [B, T]) on `grid`.
 
   The mapping runs once per video; with `frames_per_chunk`, time chunks are rendered one after
@@ -70,7 +78,7 @@ def video_grid(videos: np.ndarray, columns: int | None = None, pad: int = 2) -> 
   out = np.zeros((t, rows * (h + pad) - pad, cols * (w + pad) - pad, c), videos.dtype)
   for i in range(n):
     r, q = divmod(i, cols)
-    out[:, r * (h + pad): r * (h + pad) + h, q * (w + pad): q * (w + pad) + w] = videos[i]
+    out[:, r * (h + pad) : r * (h + pad) + h, q * (w + pad) : q * (w + pad) + w] = videos[i]
   return out
 
 
@@ -78,6 +86,7 @@ def write_video(path, frames: np.ndarray, fps: int = 8) -> None:
   """uint8 [T, H, W, 3] -> .gif or .mp4 (MP4 sides are padded to even sizes for H.264), local or
   in an object store, written atomically (the encoders take local file names only)."""
   import imageio.v3 as iio
+
   suffix = os.path.splitext(os.fspath(path))[1]
   with fileio.local_file(path, suffix=suffix) as local:
     if suffix == ".gif":
@@ -85,8 +94,7 @@ def write_video(path, frames: np.ndarray, fps: int = 8) -> None:
       return
     h, w = frames.shape[1:3]
     frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-    iio.imwrite(local, frames, fps=fps, codec="libx264", plugin="pyav",
-                out_pixel_format="yuv420p")
+    iio.imwrite(local, frames, fps=fps, codec="libx264", plugin="pyav", out_pixel_format="yuv420p")
 
 
 def sample_times(num_frames: int, t_start: float = 0.0, t_end: float = 1.0) -> np.ndarray:
@@ -96,9 +104,25 @@ def sample_times(num_frames: int, t_start: float = 0.0, t_end: float = 1.0) -> n
   return np.linspace(t_start, t_end, num_frames, dtype=np.float32)
 
 
-def sample_to_dir(gcfg, variables, output_dir, *, num_videos=16, num_frames=16, t_start=0.0,
-                  t_end=1.0, seed=42, motion_seed=-1, scale=1, zoom=1.0, fps=8, batch_size=4,
-                  labels=None, frames_per_chunk=16, formats=("mp4", "gif")) -> dict:
+def sample_to_dir(
+  gcfg,
+  variables,
+  output_dir,
+  *,
+  num_videos=16,
+  num_frames=16,
+  t_start=0.0,
+  t_end=1.0,
+  seed=42,
+  motion_seed=-1,
+  scale=1,
+  zoom=1.0,
+  fps=8,
+  batch_size=4,
+  labels=None,
+  frames_per_chunk=16,
+  formats=("mp4", "gif"),
+) -> dict:
   """Render videos from seeds and write one file per video per format plus a grid."""
   generator = Generator(gcfg)
   grid = CoordGrid.zoom_out(zoom, scale) if zoom != 1.0 else CoordGrid.super_resolution(scale)
@@ -112,8 +136,9 @@ def sample_to_dir(gcfg, variables, output_dir, *, num_videos=16, num_frames=16, 
   videos = []
   for i in range(0, num_videos, batch_size):
     sl = slice(i, min(i + batch_size, num_videos))
-    frames = fn(variables, z_content[sl], z_motion[sl], times,
-                None if labels is None else labels[sl])
+    frames = fn(
+      variables, z_content[sl], z_motion[sl], times, None if labels is None else labels[sl]
+    )
     videos.append(quantize.to_uint8(np.asarray(frames), "rint"))
   videos = np.concatenate(videos)
   output_dir = fileio.as_path(output_dir)
@@ -122,9 +147,17 @@ def sample_to_dir(gcfg, variables, output_dir, *, num_videos=16, num_frames=16, 
       write_video(output_dir / f"video_{i:04d}.{fmt}", v, fps)
   for fmt in formats:
     write_video(output_dir / f"grid.{fmt}", video_grid(videos), fps)
-  card = dict(num_videos=num_videos, num_frames=num_frames, t_start=t_start, t_end=t_end,
-              seed=seed, motion_seed=motion_seed, scale=scale, zoom=zoom,
-              frame_size=list(videos.shape[2:4]))
+  card = dict(
+    num_videos=num_videos,
+    num_frames=num_frames,
+    t_start=t_start,
+    t_end=t_end,
+    seed=seed,
+    motion_seed=motion_seed,
+    scale=scale,
+    zoom=zoom,
+    frame_size=list(videos.shape[2:4]),
+  )
   fileio.write_json(output_dir / "sampling.json", card)
   return {**card, "videos": videos}
 
@@ -132,8 +165,16 @@ def sample_to_dir(gcfg, variables, output_dir, *, num_videos=16, num_frames=16, 
 def config_kwargs(sample_config) -> dict:
   """`sample_to_dir` keywords from a config's `sample` block."""
   s = sample_config
-  return dict(num_videos=s.num_videos, num_frames=s.num_frames, t_end=s.t_end, seed=s.seed,
-              motion_seed=s.motion_seed, scale=s.scale, zoom=s.zoom, fps=s.fps)
+  return dict(
+    num_videos=s.num_videos,
+    num_frames=s.num_frames,
+    t_end=s.t_end,
+    seed=s.seed,
+    motion_seed=s.motion_seed,
+    scale=s.scale,
+    zoom=s.zoom,
+    fps=s.fps,
+  )
 
 
 def run_sample_mode(config, workdir):
@@ -142,6 +183,7 @@ def run_sample_mode(config, workdir):
   from absl import logging  # pylint: disable=g-import-not-at-top
   from digan_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from digan_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+
   workdir = fileio.as_path(workdir)
   try:
     gcfg, g_ema, step = checkpointing.restore_generator(workdir / "checkpoints")
@@ -155,8 +197,12 @@ def run_sample_mode(config, workdir):
 
 def _define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   """The CLI's flags on `fv`: absl's FLAGS under `python -m`, a fresh FlagValues in run()."""
-  flags.DEFINE_string("checkpoint", None, "checkpoint directory (WORKDIR/checkpoints or an "
-                      "imported official checkpoint)", flag_values=fv)
+  flags.DEFINE_string(
+    "checkpoint",
+    None,
+    "checkpoint directory (WORKDIR/checkpoints or an imported official checkpoint)",
+    flag_values=fv,
+  )
   flags.DEFINE_string("output", None, "directory for the videos", flag_values=fv)
   flags.DEFINE_integer("step", None, "checkpoint step (default: latest)", flag_values=fv)
   flags.DEFINE_integer("num_videos", 16, "videos to render", flag_values=fv)
@@ -177,16 +223,28 @@ def _define_flags(fv: flags.FlagValues) -> flags.FlagValues:
 def main(argv, fv: flags.FlagValues = flags.FLAGS):
   cli_flags.reject_positional(argv)
   from digan_jax import checkpointing
+
   try:
     gcfg, g_ema, step = checkpointing.restore_generator(fv.checkpoint, fv.step)
   except FileNotFoundError as e:
     sys.exit(f"error: {e}")
   try:
-    card = sample_to_dir(gcfg, g_ema, fv.output, num_videos=fv.num_videos,
-                         num_frames=fv.num_frames, t_start=fv.t_start, t_end=fv.t_end,
-                         seed=fv.seed, motion_seed=fv.motion_seed, scale=fv.scale,
-                         zoom=fv.zoom, fps=fv.fps, batch_size=fv.batch_size,
-                         frames_per_chunk=fv.frames_per_chunk)
+    card = sample_to_dir(
+      gcfg,
+      g_ema,
+      fv.output,
+      num_videos=fv.num_videos,
+      num_frames=fv.num_frames,
+      t_start=fv.t_start,
+      t_end=fv.t_end,
+      seed=fv.seed,
+      motion_seed=fv.motion_seed,
+      scale=fv.scale,
+      zoom=fv.zoom,
+      fps=fv.fps,
+      batch_size=fv.batch_size,
+      frames_per_chunk=fv.frames_per_chunk,
+    )
   except ValueError as e:
     sys.exit(f"error: {e}")
   card.pop("videos")

@@ -20,7 +20,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both axes
 # Parameters smaller than this stay replicated under fsdp (the gather would cost more than it saves).
-FSDP_MIN_SIZE = 2 ** 18
+FSDP_MIN_SIZE = 2**18
 
 
 def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int]:
@@ -29,16 +29,21 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int]:
   if sizes.count(-1) > 1:
     raise ValueError("config.mesh: at most one of data/fsdp may be -1")
   if any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f"config.mesh sizes must be positive or -1, got data={sizes[0]} fsdp={sizes[1]}")
+    raise ValueError(
+      f"config.mesh sizes must be positive or -1, got data={sizes[0]} fsdp={sizes[1]}"
+    )
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if num_devices % known:
-      raise ValueError(f"config.mesh: {num_devices} devices are not divisible by the fixed axis "
-                       f"size {known}")
+      raise ValueError(
+        f"config.mesh: {num_devices} devices are not divisible by the fixed axis size {known}"
+      )
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
-    raise ValueError(f"config.mesh data={sizes[0]} x fsdp={sizes[1]} = {math.prod(sizes)} devices, "
-                     f"but {num_devices} are available; set one of them to -1")
+    raise ValueError(
+      f"config.mesh data={sizes[0]} x fsdp={sizes[1]} = {math.prod(sizes)} devices, "
+      f"but {num_devices} are available; set one of them to -1"
+    )
   return sizes[0], sizes[1]
 
 
@@ -63,8 +68,10 @@ def batch_axes(mesh: Mesh) -> tuple[str, ...]:
   """The mesh axes a batch is split over (a plain ('data',) mesh works too)."""
   axes = tuple(a for a in mesh.axis_names if a in BATCH_AXES)
   if not axes:
-    raise ValueError(f"the mesh has axes {mesh.axis_names}; batches are split over {BATCH_AXES}, "
-                     "so the mesh needs at least one of them")
+    raise ValueError(
+      f"the mesh has axes {mesh.axis_names}; batches are split over {BATCH_AXES}, "
+      "so the mesh needs at least one of them"
+    )
   return axes
 
 
@@ -88,14 +95,17 @@ def to_host(x: jax.Array) -> np.ndarray:
   if x.is_fully_addressable:
     return np.asarray(x)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def batch_size_per_device(mesh: Mesh, global_batch: int) -> int:
   n = batch_devices(mesh)
   if global_batch % n:
-    raise ValueError(f"global batch {global_batch} is not divisible by the {n} devices of the mesh; "
-                     "choose a global batch that is a multiple of the device count")
+    raise ValueError(
+      f"global batch {global_batch} is not divisible by the {n} devices of the mesh; "
+      "choose a global batch that is a multiple of the device count"
+    )
   return global_batch // n
 
 
@@ -115,8 +125,9 @@ def _fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
 def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
   """NamedSharding for every leaf of a (shape-only) train state: replicated, or fsdp-split."""
   fsdp = mesh.shape["fsdp"]
-  return jax.tree.map(lambda x: NamedSharding(mesh, _fsdp_spec(tuple(x.shape), fsdp)),
-                      abstract_state)
+  return jax.tree.map(
+    lambda x: NamedSharding(mesh, _fsdp_spec(tuple(x.shape), fsdp)), abstract_state
+  )
 
 
 def process_rows(mesh: Mesh, global_batch: int) -> slice:
@@ -127,13 +138,16 @@ def process_rows(mesh: Mesh, global_batch: int) -> slice:
   per_device = batch_size_per_device(mesh, global_batch)
   lo, hi = starts[0], starts[-1] + per_device
   if hi - lo != per_device * len(starts):
-    raise ValueError("this process's devices do not hold a contiguous part of the batch; "
-                     "build the mesh with jax.make_mesh over jax.devices() (process-major order)")
+    raise ValueError(
+      "this process's devices do not hold a contiguous part of the batch; "
+      "build the mesh with jax.make_mesh over jax.devices() (process-major order)"
+    )
   return slice(lo, hi)
 
 
-def global_batch_from_local(local_batch: dict[str, Any], mesh: Mesh,
-                            global_batch: int | None = None) -> dict[str, jax.Array]:
+def global_batch_from_local(
+  local_batch: dict[str, Any], mesh: Mesh, global_batch: int | None = None
+) -> dict[str, jax.Array]:
   """Host-local NumPy arrays (this process's rows) -> global arrays sharded over the batch.
 
   `global_batch` defaults to local rows x process count (every process feeds an equal share).
@@ -143,7 +157,8 @@ def global_batch_from_local(local_batch: dict[str, Any], mesh: Mesh,
     value = np.asarray(value)
     rows = global_batch or value.shape[0] * jax.process_count()
     out[name] = jax.make_array_from_process_local_data(
-        batch_sharding(mesh, value.ndim), value, (rows,) + value.shape[1:])
+      batch_sharding(mesh, value.ndim), value, (rows,) + value.shape[1:]
+    )
   return out
 
 
@@ -158,4 +173,5 @@ def from_process_0(value: int) -> int:
   if jax.process_count() == 1:
     return int(value)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   return int(multihost_utils.broadcast_one_to_all(np.int32(value)))

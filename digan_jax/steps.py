@@ -48,6 +48,7 @@ class TrainState:
 class Phase:
   """One row of the phase table: `network` ('g' or 'd') takes an optimiser step on the gradients
   of `grads(state, batch, inputs)` every `every` iterations (every > 1: a lazy regulariser)."""
+
   name: str
   network: str
   every: int
@@ -59,8 +60,14 @@ class Phase:
 class DiganSteps(phases.PhaseFunctions):
   """State creation, the phase table and the compiled entry points for one config on one mesh."""
 
-  def __init__(self, config, mesh, generator=None, discriminator=None,
-               compiler_options: dict[str, Any] | None = None):
+  def __init__(
+    self,
+    config,
+    mesh,
+    generator=None,
+    discriminator=None,
+    compiler_options: dict[str, Any] | None = None,
+  ):
     self.cfg = StepConfig.from_config(config, mesh.size)
     # Extra XLA options for every compiled function (tests use a low backend optimisation level
     # because their tiny networks are compile-bound).
@@ -73,17 +80,17 @@ class DiganSteps(phases.PhaseFunctions):
     self.adam_hparams = optim.adam_hparams(config.train)
     self.optimizers = optim.make_optimizers(config.train)
     self.phases = (
-        Phase("g", "g", 1, self.g_inputs, self.g_grads, phases.g_metrics),
-        Phase("d", "d", 1, self.d_inputs, self.d_grads, phases.d_metrics),
-        Phase("r1", "d", self.cfg.r1_every, self.r1_inputs, self.r1_grads, phases.r1_metrics),
+      Phase("g", "g", 1, self.g_inputs, self.g_grads, phases.g_metrics),
+      Phase("d", "d", 1, self.d_inputs, self.d_grads, phases.d_metrics),
+      Phase("r1", "d", self.cfg.r1_every, self.r1_inputs, self.r1_grads, phases.r1_metrics),
     )
     self.trace_counts = collections.Counter()  # (function, variant) -> times traced
     shapes = jax.eval_shape(self.init, jax.random.PRNGKey(0))
     self.state_shardings = sharding.state_shardings(shapes, mesh)
     # Shapes, dtypes and shardings of the train state: a restore target, an AOT-compile input.
     self.abstract_state = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes,
-        self.state_shardings)
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, self.state_shardings
+    )
 
   @property
   def global_batch(self) -> int:
@@ -101,17 +108,23 @@ class DiganSteps(phases.PhaseFunctions):
 
   def _state(self, g_params, g_stats, d_params, train_key) -> TrainState:
     return TrainState(
-        step=jnp.zeros((), jnp.int32), g_params=g_params, g_stats=g_stats,
-        g_ema={"params": g_params, "stats": g_stats}, d_params=d_params,
-        g_opt_state=self.optimizers["g"].init(g_params),
-        d_opt_state=self.optimizers["d"].init(d_params), rng=train_key)
+      step=jnp.zeros((), jnp.int32),
+      g_params=g_params,
+      g_stats=g_stats,
+      g_ema={"params": g_params, "stats": g_stats},
+      d_params=d_params,
+      g_opt_state=self.optimizers["g"].init(g_params),
+      d_opt_state=self.optimizers["d"].init(d_params),
+      rng=train_key,
+    )
 
   def init(self, rng) -> TrainState:
     g_key, d_key, train_key = jax.random.split(rng, 3)
     cfg = self.gcfg
     labels = jnp.zeros((1, cfg.c_dim)) if cfg.c_dim else None
-    g_vars = self.generator.init(g_key, jnp.zeros((1, cfg.z_dim)), jnp.zeros((1, cfg.motion_dim)),
-                                 jnp.zeros((1, 2)), labels)
+    g_vars = self.generator.init(
+      g_key, jnp.zeros((1, cfg.z_dim)), jnp.zeros((1, cfg.motion_dim)), jnp.zeros((1, 2)), labels
+    )
     x7 = jnp.zeros((1, cfg.resolution, cfg.resolution, 7))
     d_params = self.discriminator.init(d_key, x7, labels)["params"]
     return self._state(g_vars["params"], g_vars["stats"], d_params, train_key)
@@ -119,8 +132,9 @@ class DiganSteps(phases.PhaseFunctions):
   def create_train_state(self, seed: int | None = None) -> TrainState:
     """The initial state, created directly with its final sharding (no host copy)."""
     seed = self.cfg.seed if seed is None else seed
-    init = jax.jit(self.init, out_shardings=self.state_shardings,
-                   compiler_options=self.compiler_options)
+    init = jax.jit(
+      self.init, out_shardings=self.state_shardings, compiler_options=self.compiler_options
+    )
     return init(jax.random.PRNGKey(seed))
 
   def init_from(self, g_variables, d_variables, seed: int | None = None) -> TrainState:
@@ -130,21 +144,29 @@ class DiganSteps(phases.PhaseFunctions):
     discriminator pair (what `official.convert_*` return). G_ema starts as a copy of G.
     """
     seed = self.cfg.seed if seed is None else seed
-    state = self._state(*(jax.tree.map(jnp.asarray, t) for t in (
-        g_variables["params"], g_variables["stats"], d_variables["params"])),
-        jax.random.split(jax.random.PRNGKey(seed), 3)[2])
+    state = self._state(
+      *(
+        jax.tree.map(jnp.asarray, t)
+        for t in (g_variables["params"], g_variables["stats"], d_variables["params"])
+      ),
+      jax.random.split(jax.random.PRNGKey(seed), 3)[2],
+    )
     shape_dtype = lambda x: (x.shape, x.dtype)
     expected = jax.tree.map(shape_dtype, self.abstract_state)
     got = jax.tree.map(shape_dtype, state)
     if expected != got:
-      flat = lambda t: dict(jax.tree_util.tree_flatten_with_path(
-          t, is_leaf=lambda x: isinstance(x, tuple))[0])
+      flat = lambda t: dict(
+        jax.tree_util.tree_flatten_with_path(t, is_leaf=lambda x: isinstance(x, tuple))[0]
+      )
       want, have = flat(expected), flat(got)
-      diff = next((k for k in want if want[k] != have.get(k)), None) or next(iter(have.keys() - want.keys()))
+      diff = next((k for k in want if want[k] != have.get(k)), None) or next(
+        iter(have.keys() - want.keys())
+      )
       raise ValueError(
-          f"the given networks do not match this config: {jax.tree_util.keystr(diff)} is "
-          f"{have.get(diff, 'missing')}, the config needs {want.get(diff, 'nothing there')} (shape, dtype); "
-          "build the config from the weights (official.configs_from_meta / infer_configs)")
+        f"the given networks do not match this config: {jax.tree_util.keystr(diff)} is "
+        f"{have.get(diff, 'missing')}, the config needs {want.get(diff, 'nothing there')} (shape, dtype); "
+        "build the config from the weights (official.configs_from_meta / infer_configs)"
+      )
     return jax.device_put(state, self.state_shardings)
 
   # ---- the iteration ----
@@ -158,8 +180,12 @@ class DiganSteps(phases.PhaseFunctions):
   def apply_grads(self, state: TrainState, result: PhaseResult) -> TrainState:
     """The optimiser step of a phase on its network: official nan_to_num, then Adam."""
     net = self.phase(result.phase).network
-    params, opt_state = optim.step(self.optimizers[net], result.grads,
-                                   getattr(state, f"{net}_opt_state"), getattr(state, f"{net}_params"))
+    params, opt_state = optim.step(
+      self.optimizers[net],
+      result.grads,
+      getattr(state, f"{net}_opt_state"),
+      getattr(state, f"{net}_params"),
+    )
     state = state.replace(**{f"{net}_params": params, f"{net}_opt_state": opt_state})
     if result.g_stats is not None:  # the phase's generator call updated w_avg
       state = state.replace(g_stats=result.g_stats)
@@ -176,8 +202,9 @@ class DiganSteps(phases.PhaseFunctions):
     """G_ema <- lerp(G, G_ema, β); w_avg copied; then the iteration counter advances."""
     cfg = self.cfg
     beta = losses.ema_beta(state.step, cfg.global_batch, cfg.ema_kimg, cfg.ema_rampup)
-    params = jax.tree.map(lambda e, p: p + (e - p) * beta.astype(p.dtype), state.g_ema["params"],
-                          state.g_params)
+    params = jax.tree.map(
+      lambda e, p: p + (e - p) * beta.astype(p.dtype), state.g_ema["params"], state.g_params
+    )
     return state.replace(g_ema={"params": params, "stats": state.g_stats}, step=state.step + 1)
 
   def lazy_phases(self, step: int) -> tuple[str, ...]:
@@ -207,9 +234,14 @@ class DiganSteps(phases.PhaseFunctions):
 
   def _jit(self, fn, **kwargs):
     batch_sh = sharding.batch_sharding(self.mesh)
-    return jax.jit(fn, in_shardings=(self.state_shardings, batch_sh),
-                   out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
-                   donate_argnums=(0,), compiler_options=self.compiler_options, **kwargs)
+    return jax.jit(
+      fn,
+      in_shardings=(self.state_shardings, batch_sh),
+      out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+      donate_argnums=(0,),
+      compiler_options=self.compiler_options,
+      **kwargs,
+    )
 
   def jit_train_step(self):
     """jit(train_step) with the state donated; call as f(state, batch, lazy) (positional)."""
@@ -221,9 +253,13 @@ class DiganSteps(phases.PhaseFunctions):
     return self._jit(lambda state, batch: self.run_phase(name, state, batch))
 
   def jit_ema(self):
-    return jax.jit(self.ema_phase, in_shardings=(self.state_shardings,),
-                   out_shardings=self.state_shardings, donate_argnums=(0,),
-                   compiler_options=self.compiler_options)
+    return jax.jit(
+      self.ema_phase,
+      in_shardings=(self.state_shardings,),
+      out_shardings=self.state_shardings,
+      donate_argnums=(0,),
+      compiler_options=self.compiler_options,
+    )
 
 
 @jax.jit

@@ -40,8 +40,9 @@ def _prepare_workdir(workdir) -> epath.Path:
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:
-    raise UserError(f"cannot write to --workdir={workdir} ({e.strerror or e}); pass a writable "
-                    "directory") from e
+    raise UserError(
+      f"cannot write to --workdir={workdir} ({e.strerror or e}); pass a writable directory"
+    ) from e
   return path
 
 
@@ -49,17 +50,33 @@ def write_manifest(workdir: epath.Path, config, mesh) -> dict:
   """Append this start (git hash, command, config, topology) to WORKDIR/manifest.json."""
   import subprocess
   import sys
+
   try:
-    git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                         cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    git = (
+      subprocess.run(
+        ["git", "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        cwd=os.path.dirname(os.path.abspath(__file__)),
+      ).stdout.strip()
+      or None
+    )
   except (OSError, subprocess.SubprocessError):
     git = None
   entry = dict(
-      time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), git_commit=git, command=sys.argv,
-      config=json.loads(config.to_json_best_effort()), jax_version=jax.__version__,
-      backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind,
-      process_count=jax.process_count(), device_count=jax.device_count(),
-      local_device_count=jax.local_device_count(), mesh=dict(mesh.shape))
+    time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    git_commit=git,
+    command=sys.argv,
+    config=json.loads(config.to_json_best_effort()),
+    jax_version=jax.__version__,
+    backend=jax.default_backend(),
+    device_kind=jax.devices()[0].device_kind,
+    process_count=jax.process_count(),
+    device_count=jax.device_count(),
+    local_device_count=jax.local_device_count(),
+    mesh=dict(mesh.shape),
+  )
   path = workdir / "manifest.json"
   starts = json.loads(path.read_text()) if path.exists() else []
   starts.append(entry)
@@ -75,16 +92,26 @@ def total_steps(config) -> int:
 
 def _train_iterator(config, data_dir, name, mesh, start_step):
   from digan_jax.data import pipeline, storage  # pylint: disable=g-import-not-at-top
+
   data = config.data
   rows = sharding.process_rows(mesh, config.train.global_batch_size)
   try:
     return pipeline.make_train_iterator(
-        data_dir, name, data.train_split, rows.stop - rows.start, num_frames=data.num_frames,
-        resolution=config.model.generator.resolution, seed=config.train.seed, start_step=start_step,
-        process_index=rows.start // (rows.stop - rows.start),
-        process_count=config.train.global_batch_size // (rows.stop - rows.start),
-        frame_stride=data.frame_stride, clip_hop=data.clip_hop, policy=data.clip_sampling,
-        random_flip=data.mirror)
+      data_dir,
+      name,
+      data.train_split,
+      rows.stop - rows.start,
+      num_frames=data.num_frames,
+      resolution=config.model.generator.resolution,
+      seed=config.train.seed,
+      start_step=start_step,
+      process_index=rows.start // (rows.stop - rows.start),
+      process_count=config.train.global_batch_size // (rows.stop - rows.start),
+      frame_stride=data.frame_stride,
+      clip_hop=data.clip_hop,
+      policy=data.clip_sampling,
+      random_flip=data.mirror,
+    )
   except (storage.DatasetNotFoundError, FileNotFoundError, ValueError) as e:
     raise UserError(str(e)) from e
 
@@ -128,6 +155,7 @@ class PreemptionFlag:
     if step % self.sync_every:
       return False
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     flags = multihost_utils.process_allgather(np.array([self.local], np.int32))
     return bool(np.any(flags))
 
@@ -157,8 +185,11 @@ class NonFiniteGuard:
 
   def check(self, step: int, metrics) -> bool:
     """True when all losses are finite; raises after `patience` non-finite checks in a row."""
-    bad = {k: float(v) for k, v in metrics.items()
-           if k.startswith("train/loss") and not math.isfinite(float(np.asarray(v)))}
+    bad = {
+      k: float(v)
+      for k, v in metrics.items()
+      if k.startswith("train/loss") and not math.isfinite(float(np.asarray(v)))
+    }
     if not bad:
       self.count, self.first_bad_step = 0, None
       return True
@@ -167,10 +198,11 @@ class NonFiniteGuard:
       self.first_bad_step = step
     if self.count >= self.patience:
       raise NonFiniteLossError(
-          f"training stopped at step {step}: losses have been non-finite for {self.count} "
-          f"consecutive checks since step {self.first_bad_step} ({bad}). The last checkpoint "
-          "written before that is intact; resume from it with a lower config.train.base_lr, "
-          "config.model.compute_dtype='float32', or a larger config.train.r1_gamma.")
+        f"training stopped at step {step}: losses have been non-finite for {self.count} "
+        f"consecutive checks since step {self.first_bad_step} ({bad}). The last checkpoint "
+        "written before that is intact; resume from it with a lower config.train.base_lr, "
+        "config.model.compute_dtype='float32', or a larger config.train.r1_gamma."
+      )
     return False
 
 
@@ -210,13 +242,20 @@ def train_and_evaluate(config, workdir) -> dict:
   guard = NonFiniteGuard(config.train.nonfinite_patience)
 
   writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0 or not config.tensorboard)
-  hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                           every_steps=config.log_every_steps)]
+    workdir, just_logging=jax.process_index() > 0 or not config.tensorboard
+  )
+  hooks = [
+    periodic_actions.ReportProgress(
+      num_train_steps=num_steps, writer=writer, every_steps=config.log_every_steps
+    )
+  ]
   if config.profile and jax.process_index() == 0:
     hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=os.fspath(workdir)))
-  evaluator = (evaluator_lib.Evaluator(config, workdir, data_dir, name, mesh, gcfg)
-               if evaluator_lib.enabled(config) else None)
+  evaluator = (
+    evaluator_lib.Evaluator(config, workdir, data_dir, name, mesh, gcfg)
+    if evaluator_lib.enabled(config)
+    else None
+  )
   if evaluator is not None and start == 0:
     _evaluate_and_record(evaluator, evaluator.due(0, start=True), ckpts, writer, 0, state)
   preempt = PreemptionFlag(config.log_every_steps)
@@ -242,8 +281,11 @@ def train_and_evaluate(config, workdir) -> dict:
         t_log, n_log = time.perf_counter(), 0
       if preempt.should_stop(step):
         saved = _save_if_finite(ckpts, step, state, guard)
-        logging.warning("stopped at step %d after a termination signal; %s", step,
-                        "checkpoint saved" if saved else "no checkpoint (non-finite state)")
+        logging.warning(
+          "stopped at step %d after a termination signal; %s",
+          step,
+          "checkpoint saved" if saved else "no checkpoint (non-finite state)",
+        )
         break
       if step % config.checkpoint_every_steps == 0 or step == num_steps:
         _save_if_finite(ckpts, step, state, guard)
@@ -263,6 +305,7 @@ def _save_if_finite(ckpts, step: int, state, guard) -> bool:
   """Checkpoint unless the last checked losses or any value of the state are non-finite, so the
   newest checkpoint is always one that training can resume from."""
   from digan_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
+
   if guard.count > 0:
     return False
   if not bool(jax.device_get(steps_lib.state_is_finite(state))):
@@ -293,10 +336,15 @@ def write_samples(config, workdir, state, step: int, writer=None):
   if jax.process_index() != 0:
     return None
   g_ema = jax.device_get(state.g_ema)
-  out = sampling.sample_to_dir(factory.generator_config(config.model), g_ema,
-                               workdir / "samples" / str(step), **sampling.config_kwargs(config.sample))
+  out = sampling.sample_to_dir(
+    factory.generator_config(config.model),
+    g_ema,
+    workdir / "samples" / str(step),
+    **sampling.config_kwargs(config.sample),
+  )
   if writer is not None:
     grid = sampling.video_grid(out["videos"])
-    writer.write_images(step, {"samples/first_frame": grid[None, 0],
-                               "samples/last_frame": grid[None, -1]})
+    writer.write_images(
+      step, {"samples/first_frame": grid[None, 0], "samples/last_frame": grid[None, -1]}
+    )
   return out

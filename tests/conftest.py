@@ -3,7 +3,7 @@
 import os
 
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # TensorFlow (data tests) must never grab an accelerator or flood the log.
@@ -14,10 +14,12 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # time. Workers of one run share it through xdist's run id (JAX writes cache entries atomically).
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   import tempfile  # noqa: E402
+
   _run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
   if _run_id:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
-        tempfile.gettempdir(), f"digan_jax_xla_cache_{_run_id}")
+      tempfile.gettempdir(), f"digan_jax_xla_cache_{_run_id}"
+    )
   else:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="digan_jax_xla_cache_")
 
@@ -33,7 +35,9 @@ SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
 def fixtures_dir():
   """../shared/fixtures, or a skip when this clone has none beside it."""
   if not SHARED_FIXTURES.is_dir():
-    pytest.skip(f"../shared/fixtures not found at {SHARED_FIXTURES} (only present in the dev/CI layout)")
+    pytest.skip(
+      f"../shared/fixtures not found at {SHARED_FIXTURES} (only present in the dev/CI layout)"
+    )
   return SHARED_FIXTURES
 
 
@@ -42,6 +46,7 @@ def official_npz_with_distinct_g_ema(fixtures_dir, tmp_path_factory):
   """The official 128² fixture as G_ema, plus a G whose toRGB biases are shifted by 0.5: an export
   where reading G instead of G_ema anywhere (import, restore, sampling) shows."""
   import numpy as np
+
   data = np.load(fixtures_dir / "official_digan_128.npz")
   out = {}
   for k in data.files:

@@ -22,6 +22,7 @@ Fixes (all in the emulator, nothing in the product):
 Run `python tests/gcs_emulator.py start --host 127.0.0.1 --port P --default-bucket B --in-memory`
 (the arguments of `python -m gcp_storage_emulator`).
 """
+
 from http import HTTPStatus
 
 _APPLIED = False
@@ -65,8 +66,17 @@ def apply():
   def _reject(response, status):
     response.status = status
     if status == HTTPStatus.PRECONDITION_FAILED:
-      response.json({"error": {"code": 412, "message": "Precondition Failed", "errors": [
-          {"domain": "global", "reason": "conditionNotMet", "message": "Precondition Failed"}]}})
+      response.json(
+        {
+          "error": {
+            "code": 412,
+            "message": "Precondition Failed",
+            "errors": [
+              {"domain": "global", "reason": "conditionNotMet", "message": "Precondition Failed"}
+            ],
+          }
+        }
+      )
 
   def _generation_headers(response, obj):
     response["x-goog-generation"] = str(obj["generation"])
@@ -129,22 +139,32 @@ def apply():
     return orig_media_upload(request, response, storage)
 
   def storage_layout(request, response, storage, *args, **kwargs):
-    response.json({"kind": "storage#storageLayout", "bucket": request.params["bucket_name"],
-                   "location": "US", "locationType": "multi-region",
-                   "hierarchicalNamespace": {"enabled": False}})
+    response.json(
+      {
+        "kind": "storage#storageLayout",
+        "bucket": request.params["bucket_name"],
+        "location": "US",
+        "locationType": "multi-region",
+        "hierarchicalNamespace": {"enabled": False},
+      }
+    )
 
   replace = {orig_download: download, orig_get: get, orig_insert: insert, orig_delete: delete}
   objects.download, objects.get, objects.insert, objects.delete = download, get, insert, delete
   objects._media_upload = _media_upload
   # server.HANDLERS captured the original function objects at import time.
   server.HANDLERS = (
-      (r"^/storage/v1/b/(?P<bucket_name>[-.\w]+)/storageLayout$", {server.GET: storage_layout}),
-  ) + tuple((regex, {m: replace.get(f, f) for m, f in handlers.items()})
-            for regex, handlers in server.HANDLERS)
+    (r"^/storage/v1/b/(?P<bucket_name>[-.\w]+)/storageLayout$", {server.GET: storage_layout}),
+  ) + tuple(
+    (regex, {m: replace.get(f, f) for m, f in handlers.items()})
+    for regex, handlers in server.HANDLERS
+  )
 
 
 if __name__ == "__main__":
   import sys
+
   apply()
   from gcp_storage_emulator.__main__ import main
+
   sys.exit(main(sys.argv[1:]))

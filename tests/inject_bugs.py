@@ -43,82 +43,169 @@ class Mutation:
 
 
 MUTATIONS = (
-    Mutation("r1_gain", "R1 loss without the x r1_every lazy-regularisation gain", "digan_jax/phases.py",
-             "total = loss * self.cfg.r1_every", "total = loss",
-             ("tests/test_steps.py::test_r1_loss_carries_the_lazy_regularisation_gain",)),
-    Mutation("ema", "EMA blend skipped (G_ema := G)", "digan_jax/steps.py",
-             "p + (e - p) * beta.astype(p.dtype)", "p + (e - p) * 0.0",
-             ("tests/test_steps.py::test_ema_blends_with_the_official_beta",)),
-    Mutation("phase_order", "D phase before the G phase (D sees fakes of the old G)", "digan_jax/steps.py",
-             "    for p in self.phases:\n      if p.every == 1 or p.name in lazy:",
-             "    for p in (self.phases[1], self.phases[0], *self.phases[2:]):\n"
-             "      if p.every == 1 or p.name in lazy:",
-             ("tests/test_train_parity.py::test_chained_iteration_equals_phases_composed_by_hand",)),
-    Mutation("w_avg", "w_avg not tracked in training (update_w_avg=False)", "digan_jax/phases.py",
-             "labels=labels, update_w_avg=True, mutable=[\"stats\"])",
-             "labels=labels, update_w_avg=False, mutable=[\"stats\"])",
-             ("tests/test_steps.py::test_w_avg_tracks_the_batch_mean_of_w_in_every_generator_call",)),
-    Mutation("d_labels", "D ignores its class labels", "digan_jax/models/discriminator.py",
-             'name="mapping")(None, labels)', 'name="mapping")(None, jnp.zeros_like(labels))',
-             ("tests/test_steps.py::test_class_conditional_phase_uses_labels",
-              "tests/test_models.py::test_class_conditional_networks")),
-    Mutation("label_order", "image-D labels tiled instead of repeated per frame", "digan_jax/models/discriminator.py",
-             "labels = jnp.repeat(labels, frames.shape[0] // labels.shape[0], axis=0)",
-             "labels = jnp.tile(labels, (frames.shape[0] // labels.shape[0], 1))",
-             ("tests/test_models.py::test_class_conditional_networks",)),
-    Mutation("dm_delta_t", "D_M ignores Δt (zero plane)", "digan_jax/models/discriminator.py",
-             "plane = jnp.broadcast_to(delta_t.reshape", "plane = jnp.broadcast_to(0.0 * delta_t.reshape",
-             ("tests/test_models.py::test_motion_discriminator_reads_both_frames_and_delta_t",
-              "tests/test_train_parity.py::test_phase_matches_official[noaug-Dmain]")),
-    Mutation("g_time", "G ignores time (motion path disabled)", "digan_jax/models/inr.py",
-             "a[:, None, :] * times[:, :, None].astype(jnp.float32)",
-             "a[:, None, :] * 0.0 * times[:, :, None].astype(jnp.float32)",
-             ("tests/test_steps.py::test_learning_motion_that_follows_delta_t",)),
-    Mutation("sr_nearest", "super-resolution as nearest upsampling (coordinates repeated in blocks)",
-             "digan_jax/models/inr.py",
-             "xs = self.x_lo + step * np.arange(w, dtype=np.float64)\n"
-             "    ys = (self.y_lo + step * np.arange(h, dtype=np.float64))[::-1]",
-             "xs = self.x_lo + step * (np.arange(w) // self.scale * self.scale).astype(np.float64)\n"
-             "    ys = (self.y_lo + step * (np.arange(h) // self.scale * self.scale).astype(np.float64))[::-1]",
-             ("tests/test_models.py::test_super_resolution_render",
-              "tests/test_sampling.py::test_sampling_from_imported_official_checkpoint")),
-    Mutation("crop", "centre crop one pixel off", "digan_jax/data/image_ops.py",
-             "left = (width - side) // 2", "left = (width - side) // 2 + 1",
-             ("tests/test_data_prepare.py::test_centre_crop_window_is_the_official_one",)),
-    Mutation("cutout_range", "cutout offsets drawn from [0, size) instead of the official range",
-             "digan_jax/augment.py", "0, resolution + (1 - c % 2)) - c // 2", "0, resolution) - c // 2",
-             ("tests/test_augment.py::test_cutout_box_range_and_size_match_official_draws",)),
-    Mutation("bf16", "bfloat16 compute silently done in float32", "digan_jax/models/layers.py",
-             "return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)",
-             "return jnp.matmul(x.astype(jnp.float32), w.astype(jnp.float32), "
-             "preferred_element_type=jnp.float32)",
-             ("tests/test_layers_fast_conv.py::test_bfloat16_compute_is_really_bfloat16",)),
-    Mutation("eval_g", "in-loop evaluation scores G instead of G_ema", "digan_jax/train.py",
-             "for name, result in evaluator(state.g_ema, step, due).items():",
-             "for name, result in evaluator({\"params\": state.g_params, \"stats\": state.g_stats},"
-             " step, due).items():",
-             ("tests/test_train.py::test_eval_mode_adds_fvd_of_the_latest_checkpoint",)),
-    Mutation("restore_g", "restore_generator (sampling, --mode=eval/sample) reads G, not G_ema",
-             "digan_jax/checkpointing.py", 'restore_numpy(directory, step, "g_ema")',
-             'restore_numpy(directory, step, "g")',
-             ("tests/test_import_official.py::test_import_keeps_g_and_g_ema_apart",
-              "tests/test_sampling.py::test_sampling_from_imported_official_checkpoint",
-              "tests/test_evaluator.py::test_eval_mode_writes_result_with_protocol_card")),
-    Mutation("save_g", "training checkpoints save G's parameters as g_ema", "digan_jax/checkpointing.py",
-             "state=ocp.args.StandardSave(state), g_ema=ocp.args.StandardSave(state.g_ema),",
-             "state=ocp.args.StandardSave(state), g_ema=ocp.args.StandardSave("
-             "{\"params\": state.g_params, \"stats\": state.g_stats}),",
-             ("tests/test_train.py::test_uninterrupted_run_writes_workdir",)),
-    Mutation("samples_g", "write_samples renders G instead of G_ema", "digan_jax/train.py",
-             "g_ema = jax.device_get(state.g_ema)",
-             "g_ema = jax.device_get({\"params\": state.g_params, \"stats\": state.g_stats})",
-             ("tests/test_train.py::test_sample_mode_renders_what_the_loop_rendered",)),
-    Mutation("nonfinite_save", "a state with non-finite values is checkpointed", "digan_jax/train.py",
-             "if not bool(jax.device_get(steps_lib.state_is_finite(state))):", "if False:",
-             ("tests/test_train.py::test_state_with_a_non_finite_value_is_never_checkpointed",)),
-    Mutation("flag_traceback", "a mistyped --config override ends in a traceback", "digan_jax/main.py",
-             "app.run(main, flags_parser=_parse_flags)", "app.run(main)",
-             ("tests/test_train.py::test_cli_errors_are_one_clear_message",)),
+  Mutation(
+    "r1_gain",
+    "R1 loss without the x r1_every lazy-regularisation gain",
+    "digan_jax/phases.py",
+    "total = loss * self.cfg.r1_every",
+    "total = loss",
+    ("tests/test_steps.py::test_r1_loss_carries_the_lazy_regularisation_gain",),
+  ),
+  Mutation(
+    "ema",
+    "EMA blend skipped (G_ema := G)",
+    "digan_jax/steps.py",
+    "p + (e - p) * beta.astype(p.dtype)",
+    "p + (e - p) * 0.0",
+    ("tests/test_steps.py::test_ema_blends_with_the_official_beta",),
+  ),
+  Mutation(
+    "phase_order",
+    "D phase before the G phase (D sees fakes of the old G)",
+    "digan_jax/steps.py",
+    "    for p in self.phases:\n      if p.every == 1 or p.name in lazy:",
+    "    for p in (self.phases[1], self.phases[0], *self.phases[2:]):\n"
+    "      if p.every == 1 or p.name in lazy:",
+    ("tests/test_train_parity.py::test_chained_iteration_equals_phases_composed_by_hand",),
+  ),
+  Mutation(
+    "w_avg",
+    "w_avg not tracked in training (update_w_avg=False)",
+    "digan_jax/phases.py",
+    "update_w_avg=True,",
+    "update_w_avg=False,",
+    ("tests/test_steps.py::test_w_avg_tracks_the_batch_mean_of_w_in_every_generator_call",),
+  ),
+  Mutation(
+    "d_labels",
+    "D ignores its class labels",
+    "digan_jax/models/discriminator.py",
+    'name="mapping"\n      )(None, labels)',
+    'name="mapping"\n      )(None, jnp.zeros_like(labels))',
+    (
+      "tests/test_steps.py::test_class_conditional_phase_uses_labels",
+      "tests/test_models.py::test_class_conditional_networks",
+    ),
+  ),
+  Mutation(
+    "label_order",
+    "image-D labels tiled instead of repeated per frame",
+    "digan_jax/models/discriminator.py",
+    "labels = jnp.repeat(labels, frames.shape[0] // labels.shape[0], axis=0)",
+    "labels = jnp.tile(labels, (frames.shape[0] // labels.shape[0], 1))",
+    ("tests/test_models.py::test_class_conditional_networks",),
+  ),
+  Mutation(
+    "dm_delta_t",
+    "D_M ignores Δt (zero plane)",
+    "digan_jax/models/discriminator.py",
+    "    delta_t.reshape(-1, 1, 1, 1)",
+    "    0.0 * delta_t.reshape(-1, 1, 1, 1)",
+    (
+      "tests/test_models.py::test_motion_discriminator_reads_both_frames_and_delta_t",
+      "tests/test_train_parity.py::test_phase_matches_official[noaug-Dmain]",
+    ),
+  ),
+  Mutation(
+    "g_time",
+    "G ignores time (motion path disabled)",
+    "digan_jax/models/inr.py",
+    "a[:, None, :] * times[:, :, None].astype(jnp.float32)",
+    "a[:, None, :] * 0.0 * times[:, :, None].astype(jnp.float32)",
+    ("tests/test_steps.py::test_learning_motion_that_follows_delta_t",),
+  ),
+  Mutation(
+    "sr_nearest",
+    "super-resolution as nearest upsampling (coordinates repeated in blocks)",
+    "digan_jax/models/inr.py",
+    "xs = self.x_lo + step * np.arange(w, dtype=np.float64)\n"
+    "    ys = (self.y_lo + step * np.arange(h, dtype=np.float64))[::-1]",
+    "xs = self.x_lo + step * (np.arange(w) // self.scale * self.scale).astype(np.float64)\n"
+    "    ys = (self.y_lo + step * (np.arange(h) // self.scale * self.scale).astype(np.float64))[::-1]",
+    (
+      "tests/test_models.py::test_super_resolution_render",
+      "tests/test_sampling.py::test_sampling_from_imported_official_checkpoint",
+    ),
+  ),
+  Mutation(
+    "crop",
+    "centre crop one pixel off",
+    "digan_jax/data/image_ops.py",
+    "left = (width - side) // 2",
+    "left = (width - side) // 2 + 1",
+    ("tests/test_data_prepare.py::test_centre_crop_window_is_the_official_one",),
+  ),
+  Mutation(
+    "cutout_range",
+    "cutout offsets drawn from [0, size) instead of the official range",
+    "digan_jax/augment.py",
+    "0, resolution + (1 - c % 2)) - c // 2",
+    "0, resolution) - c // 2",
+    ("tests/test_augment.py::test_cutout_box_range_and_size_match_official_draws",),
+  ),
+  Mutation(
+    "bf16",
+    "bfloat16 compute silently done in float32",
+    "digan_jax/models/layers.py",
+    "return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)",
+    "return jnp.matmul(x.astype(jnp.float32), w.astype(jnp.float32), "
+    "preferred_element_type=jnp.float32)",
+    ("tests/test_layers_fast_conv.py::test_bfloat16_compute_is_really_bfloat16",),
+  ),
+  Mutation(
+    "eval_g",
+    "in-loop evaluation scores G instead of G_ema",
+    "digan_jax/train.py",
+    "for name, result in evaluator(state.g_ema, step, due).items():",
+    'for name, result in evaluator({"params": state.g_params, "stats": state.g_stats},'
+    " step, due).items():",
+    ("tests/test_train.py::test_eval_mode_adds_fvd_of_the_latest_checkpoint",),
+  ),
+  Mutation(
+    "restore_g",
+    "restore_generator (sampling, --mode=eval/sample) reads G, not G_ema",
+    "digan_jax/checkpointing.py",
+    'restore_numpy(directory, step, "g_ema")',
+    'restore_numpy(directory, step, "g")',
+    (
+      "tests/test_import_official.py::test_import_keeps_g_and_g_ema_apart",
+      "tests/test_sampling.py::test_sampling_from_imported_official_checkpoint",
+      "tests/test_evaluator.py::test_eval_mode_writes_result_with_protocol_card",
+    ),
+  ),
+  Mutation(
+    "save_g",
+    "training checkpoints save G's parameters as g_ema",
+    "digan_jax/checkpointing.py",
+    "state=ocp.args.StandardSave(state),\n        g_ema=ocp.args.StandardSave(state.g_ema),",
+    "state=ocp.args.StandardSave(state),\n        g_ema=ocp.args.StandardSave("
+    '{"params": state.g_params, "stats": state.g_stats}),',
+    ("tests/test_train.py::test_uninterrupted_run_writes_workdir",),
+  ),
+  Mutation(
+    "samples_g",
+    "write_samples renders G instead of G_ema",
+    "digan_jax/train.py",
+    "g_ema = jax.device_get(state.g_ema)",
+    'g_ema = jax.device_get({"params": state.g_params, "stats": state.g_stats})',
+    ("tests/test_train.py::test_sample_mode_renders_what_the_loop_rendered",),
+  ),
+  Mutation(
+    "nonfinite_save",
+    "a state with non-finite values is checkpointed",
+    "digan_jax/train.py",
+    "if not bool(jax.device_get(steps_lib.state_is_finite(state))):",
+    "if False:",
+    ("tests/test_train.py::test_state_with_a_non_finite_value_is_never_checkpointed",),
+  ),
+  Mutation(
+    "flag_traceback",
+    "a mistyped --config override ends in a traceback",
+    "digan_jax/main.py",
+    "app.run(main, flags_parser=_parse_flags)",
+    "app.run(main)",
+    ("tests/test_train.py::test_cli_errors_are_one_clear_message",),
+  ),
 )
 
 
@@ -129,8 +216,10 @@ def _copy_tree(src: pathlib.Path, dst: pathlib.Path):
 def _mutated_text(root: pathlib.Path, m: Mutation) -> str:
   text = (root / m.path).read_text()
   if text.count(m.old) != 1:
-    raise SystemExit(f"{m.name}: the code to mutate was found {text.count(m.old)} times in {m.path}; "
-                     "update the mutation to the current code")
+    raise SystemExit(
+      f"{m.name}: the code to mutate was found {text.count(m.old)} times in {m.path}; "
+      "update the mutation to the current code"
+    )
   return text.replace(m.old, m.new)
 
 
@@ -144,23 +233,41 @@ def run_mutation(m: Mutation, snapshot: pathlib.Path, timeout: int, cache_dir: s
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache_dir)
     start = time.time()
     try:
-      proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
-                             "-rf", *m.tests], cwd=root, env=env, capture_output=True, text=True,
-                            timeout=timeout)
+      proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-rf", *m.tests],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+      )
       out, rc = proc.stdout + proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as e:
       out, rc = (e.stdout or "") if isinstance(e.stdout, str) else "", "timeout"
   failed = sorted(set(re.findall(r"^FAILED (\S+)", out, re.M)))
   errors = [line.strip()[:300] for line in out.splitlines() if re.match(r"^E\s{2,}\S", line)]
-  return {"name": m.name, "bug": m.bug, "tests": list(m.tests), "caught": rc not in (0, "timeout") and bool(failed),
-          "returncode": rc, "failed": failed, "assertions": errors[:4], "seconds": round(time.time() - start, 1),
-          "summary": (out.strip().splitlines() or [""])[-1][:200]}
+  return {
+    "name": m.name,
+    "bug": m.bug,
+    "tests": list(m.tests),
+    "caught": rc not in (0, "timeout") and bool(failed),
+    "returncode": rc,
+    "failed": failed,
+    "assertions": errors[:4],
+    "seconds": round(time.time() - start, 1),
+    "summary": (out.strip().splitlines() or [""])[-1][:200],
+  }
 
 
 def markdown(results) -> str:
-  rows = ["| bug injected | caught by | failing assertion (measured vs threshold) |", "|---|---|---|"]
+  rows = [
+    "| bug injected | caught by | failing assertion (measured vs threshold) |",
+    "|---|---|---|",
+  ]
   for r in results:
-    tests = "<br>".join(f.split("::", 1)[-1] for f in r["failed"]) or f"**NOT CAUGHT** ({r['summary']})"
+    tests = (
+      "<br>".join(f.split("::", 1)[-1] for f in r["failed"]) or f"**NOT CAUGHT** ({r['summary']})"
+    )
     shown = "<br>".join(a.replace("|", "\\|") for a in r["assertions"][:2])
     rows.append(f"| {r['bug']} | {tests} | {shown} |")
   return "\n".join(rows)
@@ -196,8 +303,10 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
   for m in chosen:
     r = run_mutation(m, snapshot, fv.timeout, cache_dir)
     results.append(r)
-    print(f"{m.name}: {'caught' if r['caught'] else 'NOT CAUGHT'} in {r['seconds']} s by {r['failed']}",
-          flush=True)
+    print(
+      f"{m.name}: {'caught' if r['caught'] else 'NOT CAUGHT'} in {r['seconds']} s by {r['failed']}",
+      flush=True,
+    )
     if fv.json:
       pathlib.Path(fv.json).write_text(json.dumps(results, indent=1))
   print(markdown(results))

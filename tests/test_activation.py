@@ -44,17 +44,24 @@ def test_r1_on_input_with_exact_zeros_matches_reference_activation(monkeypatch):
   real7[..., 6] = [[0.0]], [[0.4]]
   params = d.init(jax.random.key(0), real7)["params"]  # biases are 0 at init
   policy = "color,translation,cutout"
-  aug = {"brightness": np.zeros(2, np.float32), "saturation": np.ones(2, np.float32),
-         "contrast": np.ones(2, np.float32), "translate": np.array([[3, -2], [-4, 1]], np.int32),
-         "cutout": np.array([[2, 5], [9, 0]], np.int32)}
+  aug = {
+    "brightness": np.zeros(2, np.float32),
+    "saturation": np.ones(2, np.float32),
+    "contrast": np.ones(2, np.float32),
+    "translate": np.array([[3, -2], [-4, 1]], np.int32),
+    "cutout": np.array([[2, 5], [9, 0]], np.int32),
+  }
   aug_fn = lambda x7: augment.apply_pair7(x7, aug, policy)
 
   def penalties():
     # A new jit per call: the activation is read when tracing, after the monkeypatch below.
     def fn(x7):
       apply = lambda x, method: d.apply({"params": params}, x, method=method)
-      r1 = losses.r1_penalties(lambda x: apply(x, "motion"), lambda f: apply(f, "image"), x7, aug_fn)
+      r1 = losses.r1_penalties(
+        lambda x: apply(x, "motion"), lambda f: apply(f, "image"), x7, aug_fn
+      )
       return r1["penalty_motion"].mean(), r1["penalty_image"].mean()
+
     return tuple(float(v) for v in jax.jit(fn, compiler_options=tiny_digan.COMPILER_OPTIONS)(real7))
 
   # The case is real: the first conv sees exact zeros at its pre-activation.
@@ -67,9 +74,11 @@ def test_r1_on_input_with_exact_zeros_matches_reference_activation(monkeypatch):
   monkeypatch.setattr(layers, "lrelu", lambda x, slope=0.2: jnp.where(x >= 0, x, x * slope))
   derivative_one = penalties()
   rel = lambda a, b: max(abs(x - y) / abs(y) for x, y in zip(a, b))
-  print(f"R1 (motion, image): ours {ours}, reference {reference}, derivative-1-at-0 {derivative_one}; "
-        f"relative difference to reference {rel(ours, reference):.2g}, "
-        f"derivative-1 variant {rel(derivative_one, reference):.2g}")
+  print(
+    f"R1 (motion, image): ours {ours}, reference {reference}, derivative-1-at-0 {derivative_one}; "
+    f"relative difference to reference {rel(ours, reference):.2g}, "
+    f"derivative-1 variant {rel(derivative_one, reference):.2g}"
+  )
   assert rel(ours, reference) < 1e-5
   # Negative control: the `x >= 0` activation gives a different image R1 on this input.
   assert rel(derivative_one, reference) > 1e-2

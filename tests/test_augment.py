@@ -37,15 +37,18 @@ def test_parameters_shared_by_the_two_frames():
   frames = jnp.moveaxis(x7[..., :6].reshape(4, 16, 16, 2, 3), 3, 1)
   pair = augment.apply_frames(frames, params, POLICY)
   for t in range(2):
-    alone = augment.apply_frames(frames[:, t:t + 1], params, POLICY)
-    np.testing.assert_allclose(pair[:, t:t + 1], alone, atol=1e-6)
+    alone = augment.apply_frames(frames[:, t : t + 1], params, POLICY)
+    np.testing.assert_allclose(pair[:, t : t + 1], alone, atol=1e-6)
 
 
 def test_color_matches_formula():
   rng = np.random.default_rng(3)
   frames = rng.uniform(-1, 1, (2, 2, 4, 4, 3)).astype(np.float32)
-  p = {"brightness": np.array([0.1, -0.3], np.float32), "saturation": np.array([0.5, 1.7], np.float32),
-       "contrast": np.array([0.6, 1.4], np.float32)}
+  p = {
+    "brightness": np.array([0.1, -0.3], np.float32),
+    "saturation": np.array([0.5, 1.7], np.float32),
+    "contrast": np.array([0.6, 1.4], np.float32),
+  }
   out = np.asarray(augment.apply_frames(frames, p, "color"))
   for b in range(2):
     for t in range(2):
@@ -129,8 +132,12 @@ def test_cutout_box_range_and_size_match_official_draws(h, c_expected):
       idx = np.nonzero(hit)[0]
       assert len(idx) > 0, f"video {b}: no cutout"
       box = (int(idx.min()), int(idx.max()))
-      assert len(idx) == box[1] - box[0] + 1, f"video {b}: cutout not contiguous along axis {axis}: {idx}"
-      assert box in by_box, f"video {b}: axis {axis} box {box} is not an official box {sorted(by_box)}"
+      assert len(idx) == box[1] - box[0] + 1, (
+        f"video {b}: cutout not contiguous along axis {axis}: {idx}"
+      )
+      assert box in by_box, (
+        f"video {b}: axis {axis} box {box} is not an official box {sorted(by_box)}"
+      )
       offsets[axis].append(by_box[box])
     np.testing.assert_array_equal(zero[b], np.outer(rows_hit[b], cols_hit[b]))  # a rectangle
   for axis in (0, 1):

@@ -81,9 +81,17 @@ def _run_main(argv, tmp_path, capsys, repeats):
 def test_flags_on_a_fresh_flag_values_with_config_overrides():
   """Parsing registers nothing on absl's global FLAGS (digan_jax.main's flags live there)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   importlib.import_module("digan_jax.main")  # defines --config on absl's FLAGS
-  command, fv = cli.parse(["render", "--config=configs/synthetic.py", "--batch_sizes=2,3",
-                           "--config.sample.num_frames=5", "--config.train.r1_every=4"])
+  command, fv = cli.parse(
+    [
+      "render",
+      "--config=configs/synthetic.py",
+      "--batch_sizes=2,3",
+      "--config.sample.num_frames=5",
+      "--config.train.r1_every=4",
+    ]
+  )
   assert command == "render" and fv.batch_sizes == ["2", "3"] and fv.repeats == 3
   assert (fv.config.sample.num_frames, fv.config.train.r1_every) == (5, 4)
   assert fv.config.model.generator.resolution == 32  # the config file's networks
@@ -91,9 +99,12 @@ def test_flags_on_a_fresh_flag_values_with_config_overrides():
   assert flags.FLAGS["config"] is not fv["config"]
   command, fv = cli.parse(["data", "--config=configs/default.py", "--notf"])
   assert (command, fv.tf, fv.repeats, fv.warmup) == ("data", False, 30, 3)
-  for argv in (["train"], ["nope", "--config=configs/default.py"],
-               ["train", "--config=configs/default.py", "--batch_sizes=1"],  # render's flag
-               ["train", "--config=configs/default.py", "--config.train.no_such_field=1"]):
+  for argv in (
+    ["train"],
+    ["nope", "--config=configs/default.py"],
+    ["train", "--config=configs/default.py", "--batch_sizes=1"],  # render's flag
+    ["train", "--config=configs/default.py", "--config.train.no_such_field=1"],
+  ):
     with pytest.raises(SystemExit) as e:
       cli.parse(argv)
     assert e.value.code == 2, argv
@@ -124,12 +135,17 @@ def cheap_train(monkeypatch):
   built = []
   tiny_model = tiny_digan.tiny_config(resolution=8).model
   # What the cheap class relies on must still be the API jit_phase / jit_train_step compile.
-  for name in ("run_phase", "jit_phase", "jit_train_step", "lazy_phases", "step_variants",
-               "create_train_state"):
+  for name in (
+    "run_phase",
+    "jit_phase",
+    "jit_train_step",
+    "lazy_phases",
+    "step_variants",
+    "create_train_state",
+  ):
     assert callable(getattr(steps_lib.DiganSteps, name, None)), name
 
   class CheapSteps(steps_lib.DiganSteps):
-
     def __init__(self, config, mesh, *args, **kwargs):
       kwargs.setdefault("compiler_options", tiny_digan.COMPILER_OPTIONS)
       self.traced = []
@@ -150,9 +166,20 @@ def cheap_train(monkeypatch):
 
 
 def test_train_harness_json_and_arithmetic(cheap_train, tmp_path, capsys):
-  out = _run_main(["train", "--config=configs/synthetic.py", "--config.train.global_batch_size=16",
-                   "--config.train.num_micro_batches=2", "--config.model.compute_dtype=bfloat16",
-                   "--config.train.r1_every=4", "--warmup=1"], tmp_path, capsys, repeats=2)
+  out = _run_main(
+    [
+      "train",
+      "--config=configs/synthetic.py",
+      "--config.train.global_batch_size=16",
+      "--config.train.num_micro_batches=2",
+      "--config.model.compute_dtype=bfloat16",
+      "--config.train.r1_every=4",
+      "--warmup=1",
+    ],
+    tmp_path,
+    capsys,
+    repeats=2,
+  )
   (steps,) = cheap_train
   # The flags and overrides reach the config the steps are built from.
   given = steps.given_config
@@ -170,7 +197,9 @@ def test_train_harness_json_and_arithmetic(cheap_train, tmp_path, capsys):
   ph, va = out["phases"], out["variants"]
   assert {k: v["every"] for k, v in ph.items()} == {"g": 1, "d": 1, "r1": 4}
   assert {k: (v["lazy"], v["share"]) for k, v in va.items()} == {
-      "step": ([], 0.75), "step_r1": (["r1"], 0.25)}
+    "step": ([], 0.75),
+    "step_r1": (["r1"], 0.25),
+  }
   for section in (ph, va):
     for name, m in section.items():
       _check_measurement(m, name, repeats=2, items=16)
@@ -178,13 +207,17 @@ def test_train_harness_json_and_arithmetic(cheap_train, tmp_path, capsys):
   # The README's numbers are these formulas: each lazy phase amortised over its interval.
   am = out["amortised"]
   assert am["phases"]["step_s"] == pytest.approx(
-      ph["g"]["step_s"] + ph["d"]["step_s"] + ph["r1"]["step_s"] / 4, rel=1e-12)
+    ph["g"]["step_s"] + ph["d"]["step_s"] + ph["r1"]["step_s"] / 4, rel=1e-12
+  )
   assert am["phases"]["flops"] == pytest.approx(
-      ph["g"]["flops"] + ph["d"]["flops"] + ph["r1"]["flops"] / 4, rel=1e-12)
+    ph["g"]["flops"] + ph["d"]["flops"] + ph["r1"]["flops"] / 4, rel=1e-12
+  )
   assert am["variants"]["step_s"] == pytest.approx(
-      (va["step"]["step_s"] * 3 + va["step_r1"]["step_s"]) / 4, rel=1e-12)
+    (va["step"]["step_s"] * 3 + va["step_r1"]["step_s"]) / 4, rel=1e-12
+  )
   assert am["variants"]["flops"] == pytest.approx(
-      (va["step"]["flops"] * 3 + va["step_r1"]["flops"]) / 4, rel=1e-12)
+    (va["step"]["flops"] * 3 + va["step_r1"]["flops"]) / 4, rel=1e-12
+  )
   for it in am.values():
     assert it["steps_per_s"] == pytest.approx(1 / it["step_s"], rel=1e-12)
     assert it["items_per_s"] == pytest.approx(16 / it["step_s"], rel=1e-12)
@@ -197,12 +230,25 @@ def test_train_harness_json_and_arithmetic(cheap_train, tmp_path, capsys):
 def test_train_harness_reference_phases_only(cheap_train, tmp_path, capsys):
   """--nofused: the iteration comes from the phases; the paper networks at per-device batch 4 on
   CPU add the comparison with the official per-phase seconds, R1 amortised over r1_every."""
-  out = _run_main(["train", "--config=configs/default.py", "--warmup=0", "--nofused",
-                   "--config.train.global_batch_size=32", "--config.train.r1_every=8"],
-                  tmp_path, capsys, repeats=1)
+  out = _run_main(
+    [
+      "train",
+      "--config=configs/default.py",
+      "--warmup=0",
+      "--nofused",
+      "--config.train.global_batch_size=32",
+      "--config.train.r1_every=8",
+    ],
+    tmp_path,
+    capsys,
+    repeats=1,
+  )
   assert out["num_devices"] == 8 and out["per_device_batch"] == 4  # tests/conftest.py
   assert "variants" not in out and set(out["amortised"]) == {"phases"}
-  assert (out["iteration_from"], out["iteration_s"]) == ("phases", out["amortised"]["phases"]["step_s"])
+  assert (out["iteration_from"], out["iteration_s"]) == (
+    "phases",
+    out["amortised"]["phases"]["step_s"],
+  )
   ref = out["reference"]
   official = measure.reference()["train"]["entries"][0]
   assert (ref["phase_s"], ref["source"]) == (official["phase_s"], official["source"])
@@ -216,8 +262,18 @@ def test_train_harness_reference_phases_only(cheap_train, tmp_path, capsys):
 
 
 def test_render(tmp_path, capsys):
-  out = _run_main(["render", "--config=configs/synthetic.py", "--config.sample.num_frames=2",
-                   "--batch_sizes=1,2", "--frames_per_chunk=1"], tmp_path, capsys, repeats=2)
+  out = _run_main(
+    [
+      "render",
+      "--config=configs/synthetic.py",
+      "--config.sample.num_frames=2",
+      "--batch_sizes=1,2",
+      "--frames_per_chunk=1",
+    ],
+    tmp_path,
+    capsys,
+    repeats=2,
+  )
   assert (out["resolution"], out["num_frames"], out["frames_per_chunk"]) == (32, 2, 1)
   assert [b["batch"] for b in out["batches"]] == [1, 2]
   for b in out["batches"]:
@@ -229,9 +285,19 @@ def test_render(tmp_path, capsys):
 
 def test_i3d(tmp_path, capsys):
   """The smallest clip I3D accepts (9 frames at 224²), one timed call: ~15 s on the 2-core CPU."""
-  out = _run_main(["i3d", "--config=configs/default.py", "--config.eval.batch_size=1",
-                   "--config.data.num_frames=9", "--warmup=0", "--precision=default"],
-                  tmp_path, capsys, repeats=1)
+  out = _run_main(
+    [
+      "i3d",
+      "--config=configs/default.py",
+      "--config.eval.batch_size=1",
+      "--config.data.num_frames=9",
+      "--warmup=0",
+      "--precision=default",
+    ],
+    tmp_path,
+    capsys,
+    repeats=1,
+  )
   assert (out["batch_size"], out["num_frames"], out["precision"]) == (1, 9, "default")
   _check_measurement(out["forward"], "i3d.forward", repeats=1, items=1)
   assert out["flops_per_item"] == out["forward"]["flops"]
@@ -244,15 +310,35 @@ def test_data_cli_subprocess(tmp_path):
   path = tmp_path / "data.json"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   proc = subprocess.run(
-      [sys.executable, "-m", "digan_jax.benchmark", "data", "--config=configs/synthetic.py",
-       "--config.model.generator.resolution=16", "--config.train.global_batch_size=2",
-       "--num_videos=4", "--repeats=2", "--notf", f"--output={path}"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "digan_jax.benchmark",
+      "data",
+      "--config=configs/synthetic.py",
+      "--config.model.generator.resolution=16",
+      "--config.train.global_batch_size=2",
+      "--num_videos=4",
+      "--repeats=2",
+      "--notf",
+      f"--output={path}",
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr
   with open(path) as f:
     out = json.load(f)
   assert json.loads(proc.stdout) == out
-  assert (out["resolution"], out["num_videos"], out["batch_size"], out["num_frames"]) == (16, 4, 2, 16)
+  assert (out["resolution"], out["num_videos"], out["batch_size"], out["num_frames"]) == (
+    16,
+    4,
+    2,
+    16,
+  )
   assert "tf" not in out and "build" not in out
   _check_measurement(out["generate"], "data.generate", repeats=1, items=4, compiled=False)
   _check_measurement(out["numpy"], "data.numpy", repeats=2, items=2, compiled=False)
@@ -262,9 +348,20 @@ def test_data_cli_subprocess(tmp_path):
 def test_data_with_tf_dataset_build(tmp_path, capsys):
   """The tf.data half: builds a tiny synthetic TFDS dataset into --data_dir (kept) and times it."""
   data_dir = tmp_path / "data"
-  out = _run_main(["data", "--config=configs/synthetic.py", "--config.model.generator.resolution=16",
-                   "--config.train.global_batch_size=2", "--num_videos=2", "--warmup=1",
-                   f"--data_dir={data_dir}"], tmp_path, capsys, repeats=1)
+  out = _run_main(
+    [
+      "data",
+      "--config=configs/synthetic.py",
+      "--config.model.generator.resolution=16",
+      "--config.train.global_batch_size=2",
+      "--num_videos=2",
+      "--warmup=1",
+      f"--data_dir={data_dir}",
+    ],
+    tmp_path,
+    capsys,
+    repeats=1,
+  )
   _check_measurement(out["build"], "data.build", repeats=1, items=2, compiled=False)
   _check_measurement(out["tf"], "data.tf", repeats=1, items=2, compiled=False)
   _positive(out["dataset_bytes"], "dataset_bytes")

@@ -11,7 +11,7 @@ from digan_jax.data import clip_plans
 def _exact_pair_distribution(num_frames):
   """P(f_lo, f_hi) from f_a = ⌊T·Beta(2,1)⌋ (CDF x²), f_b = ⌊T·Beta(1,2)⌋ (CDF 1 − (1 − x)²)."""
   edges = np.arange(num_frames + 1) / num_frames
-  p_a = np.diff(edges ** 2)
+  p_a = np.diff(edges**2)
   p_b = np.diff(1 - (1 - edges) ** 2)
   joint = np.outer(p_a, p_b)
   delta = np.abs(np.subtract.outer(np.arange(num_frames), np.arange(num_frames)))
@@ -80,27 +80,41 @@ def test_plans_are_pure_functions_of_seed_and_step():
   for field in ("video", "frames", "times", "delta_t", "flip"):
     np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
   assert not np.array_equal(a.frames, c.frames)
-  assert not np.array_equal(a.frames, clip_plans.train_plan(index, step=3, seed=8, batch_size_per_process=8).frames)
+  assert not np.array_equal(
+    a.frames, clip_plans.train_plan(index, step=3, seed=8, batch_size_per_process=8).frames
+  )
   np.testing.assert_allclose(a.delta_t, a.times[:, 1] - a.times[:, 0], atol=1e-6)
 
 
 def test_process_slices_partition_the_global_batch():
   index = clip_plans.ClipIndex([30, 40, 50], num_frames=16)
   whole = clip_plans.train_plan(index, seed=1, step=5, batch_size_per_process=12)
-  parts = [clip_plans.train_plan(index, seed=1, step=5, batch_size_per_process=4, process_index=p, process_count=3)
-           for p in range(3)]
+  parts = [
+    clip_plans.train_plan(
+      index, seed=1, step=5, batch_size_per_process=4, process_index=p, process_count=3
+    )
+    for p in range(3)
+  ]
   for field in ("video", "frames", "delta_t", "flip"):
-    np.testing.assert_array_equal(np.concatenate([getattr(p, field) for p in parts]), getattr(whole, field))
+    np.testing.assert_array_equal(
+      np.concatenate([getattr(p, field) for p in parts]), getattr(whole, field)
+    )
   with pytest.raises(ValueError, match="process_index"):
-    clip_plans.train_plan(index, seed=1, step=0, batch_size_per_process=4, process_index=3, process_count=3)
+    clip_plans.train_plan(
+      index, seed=1, step=0, batch_size_per_process=4, process_index=3, process_count=3
+    )
 
 
 def test_eval_batches_pad_and_shard():
   index = clip_plans.ClipIndex([32, 48], num_frames=16, clip_hop=16)
   videos, starts = clip_plans.eval_clips(index)
   assert list(zip(videos, starts)) == [(0, 0), (0, 16), (1, 0), (1, 16), (1, 32)]
-  plans = [clip_plans.eval_batches(index, videos, starts, batch_size_per_process=2, process_index=p, process_count=2)
-           for p in range(2)]
+  plans = [
+    clip_plans.eval_batches(
+      index, videos, starts, batch_size_per_process=2, process_index=p, process_count=2
+    )
+    for p in range(2)
+  ]
   assert len(plans[0]) == len(plans[1]) == 2
   valid = np.concatenate([np.concatenate([plans[0][b].valid, plans[1][b].valid]) for b in range(2)])
   assert valid.tolist() == [True] * 5 + [False] * 3

@@ -8,15 +8,15 @@ from digan_jax import config_checks
 from digan_jax.errors import ConfigError, UserError
 
 BAD = [
-    ("model.compute_dtype", "float16", "choose one of"),
-    ("train.global_batch_size", 0, "positive integer"),
-    ("train.num_micro_batches", 3, "must divide train.global_batch_size=64"),
-    ("train.r1_every", 0, "positive integer"),
-    ("train.nonfinite_patience", 0, "positive integer"),
-    ("train.augment", "color,flip", "unknown DiffAugment op 'flip'"),
-    ("train.augment_cutout", 1.5, "choose a value in [0, 1]"),
-    ("eval.protocol", "proxy@sometimes", "NAME@<steps>"),
-    ("eval.protocol", "nope", "unknown FVD protocol"),
+  ("model.compute_dtype", "float16", "choose one of"),
+  ("train.global_batch_size", 0, "positive integer"),
+  ("train.num_micro_batches", 3, "must divide train.global_batch_size=64"),
+  ("train.r1_every", 0, "positive integer"),
+  ("train.nonfinite_patience", 0, "positive integer"),
+  ("train.augment", "color,flip", "unknown DiffAugment op 'flip'"),
+  ("train.augment_cutout", 1.5, "choose a value in [0, 1]"),
+  ("eval.protocol", "proxy@sometimes", "NAME@<steps>"),
+  ("eval.protocol", "nope", "unknown FVD protocol"),
 ]
 
 
@@ -43,8 +43,11 @@ def test_bad_setting_is_named_with_its_fix(key, value, problem):
 def test_mesh_and_batch_against_the_devices():
   config = default.get_config()
   config_checks.validate(config, num_devices=8)  # 64 videos over 8 devices
-  with pytest.raises(ConfigError, match=r"config.train.global_batch_size=64: .* 3 devices; use a "
-                                        r"multiple of 3"):
+  with pytest.raises(
+    ConfigError,
+    match=r"config.train.global_batch_size=64: .* 3 devices; use a "
+    r"multiple of 3",
+  ):
     config_checks.validate(config, num_devices=3)
   config.mesh.fsdp = 3
   with pytest.raises(ConfigError, match=r"config.mesh: 8 devices are not divisible"):

@@ -11,13 +11,26 @@ import pytest
 from digan_jax import config_checks
 from digan_jax.models import factory
 
-CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py")
-                 if p.stem != "__init__")
+CONFIGS = sorted(
+  p.stem
+  for p in (pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py")
+  if p.stem != "__init__"
+)
 
 
 def test_all_expected_configs_exist():
-  assert {"default", "smoke", "synthetic", "taichi128", "taichi128_long", "ucf101",
-          "ucf101_traintest", "ucf101_cond", "sky128", "kinetics_food128"} <= set(CONFIGS)
+  assert {
+    "default",
+    "smoke",
+    "synthetic",
+    "taichi128",
+    "taichi128_long",
+    "ucf101",
+    "ucf101_traintest",
+    "ucf101_cond",
+    "sky128",
+    "kinetics_food128",
+  } <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -30,13 +43,22 @@ def test_config_builds(name):
   g, d = factory.build(config.model)
   gc = g.config
   b = 4
-  shapes = jax.eval_shape(lambda: g.init(jax.random.key(0), jnp.zeros((b, gc.z_dim)),
-                                         jnp.zeros((b, gc.motion_dim)), jnp.zeros((2,)),
-                                         jnp.zeros((b, gc.c_dim)) if gc.c_dim else None))
+  shapes = jax.eval_shape(
+    lambda: g.init(
+      jax.random.key(0),
+      jnp.zeros((b, gc.z_dim)),
+      jnp.zeros((b, gc.motion_dim)),
+      jnp.zeros((2,)),
+      jnp.zeros((b, gc.c_dim)) if gc.c_dim else None,
+    )
+  )
   assert shapes["params"]["synthesis"]
   r = gc.resolution
-  dshapes = jax.eval_shape(lambda: d.init(jax.random.key(0), jnp.zeros((b, r, r, 7)),
-                                          jnp.zeros((b, gc.c_dim)) if gc.c_dim else None))
+  dshapes = jax.eval_shape(
+    lambda: d.init(
+      jax.random.key(0), jnp.zeros((b, r, r, 7)), jnp.zeros((b, gc.c_dim)) if gc.c_dim else None
+    )
+  )
   assert dshapes["params"]["motion_d"] and dshapes["params"]["image_d"]
   assert config.train.global_batch_size % config.model.discriminator.mbstd_group_size == 0
 
@@ -44,7 +66,13 @@ def test_config_builds(name):
 def test_paper_recipe_values():
   config = importlib.import_module("configs.taichi128").get_config()
   t = config.train
-  assert (t.global_batch_size, t.r1_gamma, t.r1_every, t.ema_kimg, t.ema_rampup) == (64, 1.0, 16, 20.0, 0.05)
+  assert (t.global_batch_size, t.r1_gamma, t.r1_every, t.ema_kimg, t.ema_rampup) == (
+    64,
+    1.0,
+    16,
+    20.0,
+    0.05,
+  )
   assert t.augment == "color,translation" and config.data.mirror
   assert config.model.generator.resolution == 128 and config.data.num_frames == 16
   long = importlib.import_module("configs.taichi128_long").get_config()

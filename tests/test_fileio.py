@@ -59,8 +59,9 @@ def test_copy_tree_writes_the_completion_marker_last(tmp_path, monkeypatch):
     (src / name).write_text(name)
   copied = []
   real_copy = fileio.shutil.copyfile
-  monkeypatch.setattr(fileio.shutil, "copyfile",
-                      lambda a, b: (copied.append(os.path.basename(b)), real_copy(a, b)))
+  monkeypatch.setattr(
+    fileio.shutil, "copyfile", lambda a, b: (copied.append(os.path.basename(b)), real_copy(a, b))
+  )
   fileio.copy_tree(src, tmp_path / "dst", last=("dataset_info.json",))
   assert copied[-1] == "dataset_info.json" and len(copied) == 3
   for name in ("dataset_info.json", "a-train.array_record-00000-of-00001", "z/features.json"):

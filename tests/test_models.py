@@ -14,8 +14,16 @@ from digan_jax.models.layers import minibatch_std
 
 import tiny_digan
 
-TINY = GeneratorConfig(resolution=32, input_resolution=8, z_dim=32, motion_dim=32, w_dim=32,
-                       channel_base=256, channel_max=16, emb_size=16)
+TINY = GeneratorConfig(
+  resolution=32,
+  input_resolution=8,
+  z_dim=32,
+  motion_dim=32,
+  w_dim=32,
+  channel_base=256,
+  channel_max=16,
+  emb_size=16,
+)
 
 
 def _count(tree):
@@ -26,8 +34,10 @@ def _init_random_biases(variables, key):
   """Fresh-init weights plus random biases, so no property holds by accident of zero biases."""
   leaves, treedef = jax.tree_util.tree_flatten_with_path(variables["params"])
   keys = jax.random.split(key, len(leaves))
-  out = [0.1 * jax.random.normal(k, x.shape) if path[-1].key == "bias" else x
-         for (path, x), k in zip(leaves, keys)]
+  out = [
+    0.1 * jax.random.normal(k, x.shape) if path[-1].key == "bias" else x
+    for (path, x), k in zip(leaves, keys)
+  ]
   return {**variables, "params": jax.tree_util.tree_unflatten(treedef, out)}
 
 
@@ -43,15 +53,18 @@ def tiny():
 
 def test_paper_parameter_counts():
   g = Generator(GeneratorConfig())
-  shapes = jax.eval_shape(lambda: g.init(jax.random.key(0), jnp.zeros((1, 512)), jnp.zeros((1, 512)),
-                                         jnp.zeros((1,))))
+  shapes = jax.eval_shape(
+    lambda: g.init(jax.random.key(0), jnp.zeros((1, 512)), jnp.zeros((1, 512)), jnp.zeros((1,)))
+  )
   assert _count(shapes["params"]) == 63_538_706
   assert _count(shapes["params"]["mapping"]) == 525_312
   assert _count(shapes["stats"]) == 512  # w_avg is a buffer, not a parameter
   dcfg = DiscriminatorConfig()
   for channels, expected in [(3, 28_389_121), (7, 28_390_145)]:
     d = Discriminator(dcfg)
-    dshapes = jax.eval_shape(lambda c=channels: d.init(jax.random.key(0), jnp.zeros((4, 128, 128, c))))
+    dshapes = jax.eval_shape(
+      lambda c=channels: d.init(jax.random.key(0), jnp.zeros((4, 128, 128, c)))
+    )
     assert _count(dshapes["params"]) == expected
   assert GeneratorConfig().num_ws == 13
 
@@ -97,10 +110,14 @@ def test_zeroing_motion_modules_freezes_the_video(tiny):
   def zero_motion(path, x):
     names = [p.key for p in path]
     is_motion = any(n.endswith("coord_fuser") for n in names) and any(
-        n in ("affine", "motion_mlp0", "motion_mlp1") for n in names)
+      n in ("affine", "motion_mlp0", "motion_mlp1") for n in names
+    )
     return jnp.zeros_like(x) if is_motion else x
 
-  frozen = {**variables, "params": jax.tree_util.tree_map_with_path(zero_motion, variables["params"])}
+  frozen = {
+    **variables,
+    "params": jax.tree_util.tree_map_with_path(zero_motion, variables["params"]),
+  }
   video = np.asarray(g.apply(frozen, z, zm, times))
   for t in range(1, 4):
     np.testing.assert_array_equal(video[:, t], video[:, 0])
@@ -113,7 +130,7 @@ def test_zoom_out_center_equals_normal_render(tiny):
   zoomed = np.asarray(g.apply(variables, z, zm, times, grid=CoordGrid.zoom_out(1.5)))
   assert zoomed.shape == (2, 2, 48, 48, 3)
   np.testing.assert_array_equal(zoomed[:, :, 8:40, 8:40], normal)
-  assert np.abs(zoomed[:, :, :8] ).max() > 0  # the border is rendered, not padded
+  assert np.abs(zoomed[:, :, :8]).max() > 0  # the border is rendered, not padded
 
 
 def test_super_resolution_render(tiny):
@@ -128,8 +145,10 @@ def test_super_resolution_render(tiny):
   dist = np.abs(sr - up).mean() / np.abs(up).mean()
   other = np.asarray(g.apply(variables, -z, zm, times, grid=CoordGrid.super_resolution(2)))
   dist_other = np.abs(other - up).mean() / np.abs(up).mean()
-  print(f"x2 super-resolution vs nearest-upsampled render: mean rel distance {dist:.4f} "
-        f"(other latents: {dist_other:.4f})")
+  print(
+    f"x2 super-resolution vs nearest-upsampled render: mean rel distance {dist:.4f} "
+    f"(other latents: {dist_other:.4f})"
+  )
   assert dist < 0.5 * dist_other, (dist, dist_other)
   # The x2 render has detail of its own inside each 2x2 block; a nearest-upsampled normal render
   # (zero spread within every block) would pass the closeness check above but not this one.
@@ -184,12 +203,16 @@ def test_class_conditional_networks():
   m, i = d.apply(dv, x, lab4)
   assert m.shape == (4, 1) and i.shape == (8, 1)
   m2, i2 = d.apply(dv, x, lab4[::-1])
-  print(f"conditional D: logit change with other labels: motion {float(jnp.abs(m - m2).max()):.3g}, "
-        f"image {float(jnp.abs(i - i2).max()):.3g}")
+  print(
+    f"conditional D: logit change with other labels: motion {float(jnp.abs(m - m2).max()):.3g}, "
+    f"image {float(jnp.abs(i - i2).max()):.3g}"
+  )
   assert float(jnp.abs(m - m2).max()) > 1e-6
   assert float(jnp.abs(i - i2).max()) > 1e-6
   # D_I gets each video's label for both of its frames, in (b t) order (official: repeated).
-  frames = np.asarray(x[..., :6]).reshape(4, 32, 32, 2, 3).transpose(0, 3, 1, 2, 4).reshape(8, 32, 32, 3)
+  frames = (
+    np.asarray(x[..., :6]).reshape(4, 32, 32, 2, 3).transpose(0, 3, 1, 2, 4).reshape(8, 32, 32, 3)
+  )
   image_d = lambda module, f, lab: module.image_d(f, lab)
   repeated = d.apply(dv, frames, jnp.repeat(lab4, 2, axis=0), method=image_d)
   tiled = d.apply(dv, frames, jnp.tile(lab4, (2, 1)), method=image_d)
@@ -215,8 +238,10 @@ def test_motion_discriminator_reads_both_frames_and_delta_t():
   """D_M's input is [frame_lo, frame_hi, Δt plane]; changing Δt alone or the second frame alone
   changes its logits; the image D gets the two frames of each video in (b t) order."""
   from digan_jax.models.discriminator import pack_pair, split_frames
-  d = DualDiscriminator(DiscriminatorConfig(resolution=16, channel_base=128, channel_max=16,
-                                            mbstd_group_size=2))
+
+  d = DualDiscriminator(
+    DiscriminatorConfig(resolution=16, channel_base=128, channel_max=16, mbstd_group_size=2)
+  )
   f_lo, f_hi = jax.random.uniform(jax.random.key(1), (2, 4, 16, 16, 3), minval=-1, maxval=1)
   dt = jnp.array([0.1, 0.4, 0.7, 1.0])
   x7 = pack_pair(f_lo, f_hi, dt)

@@ -27,12 +27,31 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_processes_match_single_process(tmp_path):
   port = _free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
-             PYTHONPATH=str(REPO))
-  procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "tiny_digan.py"), "--worker",
-                             str(i), "2", str(port), str(tmp_path / f"p{i}.npz"), str(NUM_STEPS)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-           for i in range(2)]
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=str(REPO),
+  )
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        str(REPO / "tests" / "tiny_digan.py"),
+        "--worker",
+        str(i),
+        "2",
+        str(port),
+        str(tmp_path / f"p{i}.npz"),
+        str(NUM_STEPS),
+      ],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+    )
+    for i in range(2)
+  ]
   try:
     # The single-process reference (4 of this process's 8 devices) runs while the workers do.
     config = tiny_digan.tiny_config()
@@ -47,8 +66,9 @@ def test_two_processes_match_single_process(tmp_path):
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-4000:]
 
-  flat_ref = {jax.tree_util.keystr(p): v
-              for p, v in jax.tree_util.tree_flatten_with_path(reference)[0]}
+  flat_ref = {
+    jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(reference)[0]
+  }
   ref_losses = np.array([[m[k] for k in sorted(m)] for m in history])
   results = [np.load(tmp_path / f"p{i}.npz") for i in range(2)]
   for res in results:
@@ -65,6 +85,7 @@ def test_two_processes_match_single_process(tmp_path):
 
 def _restore_params(ckpt_dir, step):
   from digan_jax import checkpointing  # pylint: disable=g-import-not-at-top
+
   state = checkpointing.restore_numpy(ckpt_dir, step, "state")
   return {k: state[k] for k in ("g_params", "g_ema", "d_params", "step")}
 
@@ -74,26 +95,48 @@ def test_trainer_through_local_launcher_matches_one_process(tmp_path):
   """2 processes x 2 devices via launch/local.sh: train, checkpoint, resume, evaluate; the result
   equals one process with 4 devices trained straight through."""
   data_dir = tmp_path / "data"
-  common = ["--config=configs/smoke.py", f"--config.data.data_dir={data_dir}",
-            "--config.eval.num_videos=8", "--config.eval.num_repeats=1", "--config.eval.batch_size=8"]
+  common = [
+    "--config=configs/smoke.py",
+    f"--config.data.data_dir={data_dir}",
+    "--config.eval.num_videos=8",
+    "--config.eval.num_repeats=1",
+    "--config.eval.batch_size=8",
+  ]
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHON=sys.executable)
   env.pop("XLA_FLAGS", None)
 
   def run(cmd, extra_env=None):
-    proc = subprocess.run(cmd, cwd=REPO, env=dict(env, **(extra_env or {})), capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+      cmd, cwd=REPO, env=dict(env, **(extra_env or {})), capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc
 
   # Reference (also builds the dataset): 1 process x 4 devices, 6 steps straight through.
   ref_dir = tmp_path / "one_process"
-  run([sys.executable, "-m", "digan_jax.main", *common, f"--workdir={ref_dir}",
-       "--config.train.num_steps=6"],
-      {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "DIGAN_NO_DISTRIBUTED": "1"})
+  run(
+    [
+      sys.executable,
+      "-m",
+      "digan_jax.main",
+      *common,
+      f"--workdir={ref_dir}",
+      "--config.train.num_steps=6",
+    ],
+    {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "DIGAN_NO_DISTRIBUTED": "1"},
+  )
 
   workdir = tmp_path / "two_processes"
-  launcher = ["bash", str(REPO / "launch" / "local.sh"), "--num_processes=2",
-              "--devices_per_process=2", "--timeout=600", "--", *common, f"--workdir={workdir}"]
+  launcher = [
+    "bash",
+    str(REPO / "launch" / "local.sh"),
+    "--num_processes=2",
+    "--devices_per_process=2",
+    "--timeout=600",
+    "--",
+    *common,
+    f"--workdir={workdir}",
+  ]
   run(launcher + ["--config.train.num_steps=3"])  # stops at 3 with a checkpoint
   # A new job resumes from it and evaluates at its end, in both processes (in-loop, like a pod run;
   # --mode=eval runs the same Evaluator after a restore, which the resume already covers).
@@ -109,19 +152,29 @@ def test_trainer_through_local_launcher_matches_one_process(tmp_path):
   assert result["environment"]["processes"] == 2 and np.isfinite(result["fvd"])
 
   def flat(params):
-    return np.concatenate([np.asarray(x, np.float64).ravel()
-                           for k in ("g_params", "g_ema", "d_params") for x in jax.tree.leaves(params[k])])
+    return np.concatenate(
+      [
+        np.asarray(x, np.float64).ravel()
+        for k in ("g_params", "g_ema", "d_params")
+        for x in jax.tree.leaves(params[k])
+      ]
+    )
 
   # Before the resume the two topologies differ only by all-reduce order: tight.
   ref3 = flat(_restore_params(ref_dir / "checkpoints", 3))
   at3 = np.abs(flat(_restore_params(workdir / "checkpoints", 3)) - ref3).max()
-  ours, ref = _restore_params(workdir / "checkpoints", 6), _restore_params(ref_dir / "checkpoints", 6)
+  ours, ref = (
+    _restore_params(workdir / "checkpoints", 6),
+    _restore_params(ref_dir / "checkpoints", 6),
+  )
   assert int(ours["step"]) == int(ref["step"]) == 6
   diff = np.abs(flat(ours) - flat(ref))
   change = np.abs(flat(ref) - ref3)
-  print(f"max |param(2 processes) - param(1 process)|: step 3 {at3:.3g}, step 6 (resumed) "
-        f"{diff.max():.3g}; step 6 mean diff / mean change over steps 3-6 = "
-        f"{diff.mean() / change.mean():.3g}")
+  print(
+    f"max |param(2 processes) - param(1 process)|: step 3 {at3:.3g}, step 6 (resumed) "
+    f"{diff.max():.3g}; step 6 mean diff / mean change over steps 3-6 = "
+    f"{diff.mean() / change.mean():.3g}"
+  )
   assert at3 < 1e-5
   # Adam with beta1 = 0 normalises every gradient element, so rounding differences in elements near
   # zero become update differences of order lr, and the GAN feeds them back (measured at step 6:

@@ -27,7 +27,9 @@ LOGIT_RTOL = 1e-5
 def fixture():
   path = os.environ.get("DIGAN_PARITY_FIXTURE")
   if path is None:
-    path = pathlib.Path(__file__).resolve().parents[1].parent / "shared/fixtures/official_digan_128.npz"
+    path = (
+      pathlib.Path(__file__).resolve().parents[1].parent / "shared/fixtures/official_digan_128.npz"
+    )
   path = pathlib.Path(path)
   if not path.is_file():
     pytest.skip(f"parity fixture not found at {path} (set DIGAN_PARITY_FIXTURE or place ../shared)")
@@ -64,8 +66,9 @@ def test_video(fixture, generator, name):
   g, variables = generator
   a = fixture["arrays"]
   with jax.default_matmul_precision("highest"):
-    video = jax.jit(g.apply)(variables, a["in/z"], a["in/z_motion"], a[f"in/times_{name}"],
-                             fixture["labels"])
+    video = jax.jit(g.apply)(
+      variables, a["in/z"], a["in/z_motion"], a[f"in/times_{name}"], fixture["labels"]
+    )
   ref = a[f"out/video_{name}"]
   err = np.abs(_nchw_video(video) - ref).max()
   print(f"measured: video_{name} max abs error {err:.3g}")
@@ -91,18 +94,24 @@ def test_converted_tree_matches_fresh_init(fixture):
   """Every imported tensor lands on a parameter of the same shape, and none is missing."""
   g = Generator(fixture["gcfg"])
   a = fixture["arrays"]
-  shapes = jax.eval_shape(lambda: g.init(jax.random.key(0), a["in/z"], a["in/z_motion"],
-                                         jnp.zeros((1,)), fixture["labels"]))
+  shapes = jax.eval_shape(
+    lambda: g.init(
+      jax.random.key(0), a["in/z"], a["in/z_motion"], jnp.zeros((1,)), fixture["labels"]
+    )
+  )
   converted = official.convert_generator(fixture["nets"]["G"])
   assert jax.tree.map(lambda x: x.shape, shapes) == jax.tree.map(lambda x: x.shape, converted)
   d = DualDiscriminator(fixture["dcfg"])
-  dshapes = jax.eval_shape(lambda: d.init(jax.random.key(0), a["in/d_input"].transpose(0, 2, 3, 1),
-                                          fixture["labels"]))
+  dshapes = jax.eval_shape(
+    lambda: d.init(jax.random.key(0), a["in/d_input"].transpose(0, 2, 3, 1), fixture["labels"])
+  )
   dconv = official.convert_dual_discriminator(fixture["nets"]["D"])
   assert jax.tree.map(lambda x: x.shape, dshapes) == jax.tree.map(lambda x: x.shape, dconv)
 
 
 def test_configs_inferred_from_shapes_match_meta(fixture):
-  gcfg, dcfg = official.infer_configs(fixture["nets"], mbstd_group_size=fixture["dcfg"].mbstd_group_size)
+  gcfg, dcfg = official.infer_configs(
+    fixture["nets"], mbstd_group_size=fixture["dcfg"].mbstd_group_size
+  )
   assert gcfg == fixture["gcfg"]
   assert dcfg == fixture["dcfg"]

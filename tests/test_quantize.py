@@ -11,12 +11,12 @@ from digan_jax.evaluation import i3d
 # Exact float32 values: x = -0.5 gives (x + 1) * 127.5 = 63.75, x = 0 the tie 127.5; +-1.5 clip.
 X = np.array([-1.5, -1.0, -0.5, 0.0, 0.5, 0.999, 1.0, 1.5], np.float32)
 EXPECTED = {
-    # trunc((clip(x) + 1) / 2 * 255)
-    "floor": [0, 0, 63, 127, 191, 254, 255, 255],
-    # trunc(clip(x * 127.5 + 128)): the tie at x = 0 (127.5) goes up
-    "round_half_up": [0, 0, 64, 128, 191, 255, 255, 255],
-    # rint((x + 1) * 127.5), clipped: 127.5 goes to the even 128
-    "rint": [0, 0, 64, 128, 191, 255, 255, 255],
+  # trunc((clip(x) + 1) / 2 * 255)
+  "floor": [0, 0, 63, 127, 191, 254, 255, 255],
+  # trunc(clip(x * 127.5 + 128)): the tie at x = 0 (127.5) goes up
+  "round_half_up": [0, 0, 64, 128, 191, 255, 255, 255],
+  # rint((x + 1) * 127.5), clipped: 127.5 goes to the even 128
+  "rint": [0, 0, 64, 128, 191, 255, 255, 255],
 }
 
 

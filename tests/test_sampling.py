@@ -11,8 +11,16 @@ from digan_jax import sampling
 from digan_jax.import_official import import_npz
 from digan_jax.models import Generator, GeneratorConfig
 
-TINY = GeneratorConfig(resolution=32, input_resolution=8, z_dim=32, motion_dim=32, w_dim=32,
-                       channel_base=256, channel_max=16, emb_size=16)
+TINY = GeneratorConfig(
+  resolution=32,
+  input_resolution=8,
+  z_dim=32,
+  motion_dim=32,
+  w_dim=32,
+  channel_base=256,
+  channel_max=16,
+  emb_size=16,
+)
 
 
 def test_chunked_render_equals_single_pass():
@@ -34,23 +42,39 @@ def test_latents_do_not_depend_on_count():
   assert not np.allclose(a[0], sampling.latents(4, 1, 8)[0])
 
 
-def test_sampling_from_imported_official_checkpoint(official_npz_with_distinct_g_ema, tmp_path,
-                                                    monkeypatch):
+def test_sampling_from_imported_official_checkpoint(
+  official_npz_with_distinct_g_ema, tmp_path, monkeypatch
+):
   ckpt = tmp_path / "ckpt"
   import_npz(official_npz_with_distinct_g_ema, ckpt)
   from digan_jax import checkpointing
   from digan_jax.models import official
+
   nets = official.split_networks(official.load_npz(official_npz_with_distinct_g_ema)[0])
   want_ema, not_g = official.convert_generator(nets["G_ema"]), official.convert_generator(nets["G"])
 
   # The CLI renders the EMA generator (spied on, then rendered for real).
   passed = []
   real_sample_to_dir = sampling.sample_to_dir
-  monkeypatch.setattr(sampling, "sample_to_dir",
-                      lambda gcfg, g, *a, **k: passed.append(g) or real_sample_to_dir(gcfg, g, *a, **k))
+  monkeypatch.setattr(
+    sampling,
+    "sample_to_dir",
+    lambda gcfg, g, *a, **k: passed.append(g) or real_sample_to_dir(gcfg, g, *a, **k),
+  )
   out = tmp_path / "samples"
-  sampling.run(["sampling", "--checkpoint", str(ckpt), "--num_videos=2", "--num_frames=3", "--batch_size=2",
-                 "--output", str(out / "cli"), "--t_end=2.0"])
+  sampling.run(
+    [
+      "sampling",
+      "--checkpoint",
+      str(ckpt),
+      "--num_videos=2",
+      "--num_frames=3",
+      "--batch_size=2",
+      "--output",
+      str(out / "cli"),
+      "--t_end=2.0",
+    ]
+  )
   monkeypatch.undo()
   for name in ("video_0000.mp4", "video_0001.gif", "grid.mp4", "grid.gif", "sampling.json"):
     assert (out / "cli" / name).stat().st_size > 0
@@ -58,7 +82,9 @@ def test_sampling_from_imported_official_checkpoint(official_npz_with_distinct_g
   (used,) = passed
   for a, b in zip(jax.tree.leaves(used), jax.tree.leaves(want_ema)):
     np.testing.assert_array_equal(a, b)
-  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(used), jax.tree.leaves(not_g)))
+  assert any(
+    not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(used), jax.tree.leaves(not_g))
+  )
 
   gcfg, g_ema, _ = checkpointing.restore_generator(ckpt)
   kw = dict(num_videos=2, num_frames=3, t_end=2.0, batch_size=2, formats=("gif",))
@@ -73,7 +99,9 @@ def test_sampling_from_imported_official_checkpoint(official_npz_with_distinct_g
   # Another motion seed moves the whole picture at t = 1 and 2, not a grey level here and there.
   changed = np.abs(a[:, 1:].astype(int) - c[:, 1:].astype(int))
   frac, mean = float((changed > 2).mean()), float(changed.mean())
-  print(f"other motion seed, t = 1, 2: {frac:.3f} of the values differ by > 2, mean |diff| {mean:.2f}")
+  print(
+    f"other motion seed, t = 1, 2: {frac:.3f} of the values differ by > 2, mean |diff| {mean:.2f}"
+  )
   assert frac > 0.05 and mean > 2.0, (frac, mean)  # measured 0.354 and 17.3; ignoring it gives 0
   zoom = sampling.sample_to_dir(gcfg, g_ema, out / "zoom", zoom=1.5, **kw)["videos"]
   assert zoom.shape == (2, 3, 192, 192, 3)
@@ -86,12 +114,16 @@ def test_sampling_from_imported_official_checkpoint(official_npz_with_distinct_g
   near = np.abs(video[:, :, ::2, ::2] - a[:, :1]).mean()
   far = np.abs(video[:, :, ::2, ::2] - a[::-1, :1]).mean()
   within = video.reshape(2, 1, 128, 2, 128, 2, 3).std(axis=(3, 5)).mean()
-  print(f"x2 render vs normal render at shared pixels: mean |diff| {near:.2f} (other video {far:.2f}); "
-        f"mean spread within 2x2 blocks {within:.2f} grey levels")
+  print(
+    f"x2 render vs normal render at shared pixels: mean |diff| {near:.2f} (other video {far:.2f}); "
+    f"mean spread within 2x2 blocks {within:.2f} grey levels"
+  )
   # measured 6.1 vs 124 and 0.33; nearest upsampling gives a spread of exactly 0
   assert near < 0.3 * far and within > 0.05, (near, far, within)
 
 
 def test_sampling_cli_missing_checkpoint(tmp_path):
   with pytest.raises(SystemExit, match="does not exist"):
-    sampling.run(["sampling", "--checkpoint", str(tmp_path / "nope"), "--output", str(tmp_path / "o")])
+    sampling.run(
+      ["sampling", "--checkpoint", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]
+    )

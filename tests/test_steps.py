@@ -49,14 +49,19 @@ def test_device_count_invariance():
   # The parameters did move (the comparison is not trivially between two initial states).
   config = tiny_digan.tiny_config()
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-  init = tiny_digan.host_params(steps_lib.DiganSteps(config, mesh, compiler_options=tiny_digan.COMPILER_OPTIONS).create_train_state())
+  init = tiny_digan.host_params(
+    steps_lib.DiganSteps(
+      config, mesh, compiler_options=tiny_digan.COMPILER_OPTIONS
+    ).create_train_state()
+  )
   assert _max_abs_diff(init, one[1]) > 1e-3
 
 
 def test_gradient_accumulation_matches_full_batch():
   """2 strided micro-batches of 8 give the same update as one batch of 16 (8 devices)."""
-  diff = _assert_same_run(_tiny_run(8), _tiny_run(8, num_micro_batches=2), loss_rtol=1e-5,
-                          param_atol=5e-5)
+  diff = _assert_same_run(
+    _tiny_run(8), _tiny_run(8, num_micro_batches=2), loss_rtol=1e-5, param_atol=5e-5
+  )
   print(f"max |param(k=1) - param(k=2)| = {diff:.3g}")
 
 
@@ -66,11 +71,15 @@ def test_fsdp_sharded_parameters_train_like_data_parallel(monkeypatch):
   config = tiny_digan.tiny_config()
   config.mesh.data, config.mesh.fsdp = 4, 2
   history, state = tiny_digan.run(config, sharding.make_mesh(config.mesh), NUM_STEPS)
-  split = [x for x in jax.tree.leaves(state.d_params) + jax.tree.leaves(state.d_opt_state)
-           if "fsdp" in str(x.sharding.spec)]
+  split = [
+    x
+    for x in jax.tree.leaves(state.d_params) + jax.tree.leaves(state.d_opt_state)
+    if "fsdp" in str(x.sharding.spec)
+  ]
   assert len(split) > 10
-  diff = _assert_same_run(_tiny_run(8), (history, tiny_digan.host_params(state)), loss_rtol=1e-5,
-                          param_atol=5e-5)
+  diff = _assert_same_run(
+    _tiny_run(8), (history, tiny_digan.host_params(state)), loss_rtol=1e-5, param_atol=5e-5
+  )
   print(f"max |param(fsdp) - param(data parallel)| = {diff:.3g}")
 
 
@@ -92,13 +101,19 @@ def test_train_state_layout_and_ema_copy_at_step_zero():
 def test_effective_adam_matches_reference_update():
   """Adam(β1=0, ε=1e-8) with the lazy-regularisation-corrected lr/β2, two steps vs NumPy."""
   config = tiny_digan.tiny_config()
-  steps = steps_lib.DiganSteps(config, sharding.make_mesh(config.mesh, jax.devices()[:1]),
-                               compiler_options=tiny_digan.COMPILER_OPTIONS)
+  steps = steps_lib.DiganSteps(
+    config,
+    sharding.make_mesh(config.mesh, jax.devices()[:1]),
+    compiler_options=tiny_digan.COMPILER_OPTIONS,
+  )
   np.testing.assert_allclose(steps.adam_hparams["g"]["learning_rate"], 0.002, rtol=1e-12)
   np.testing.assert_allclose(steps.adam_hparams["d"]["learning_rate"], 0.0025 * 16 / 17, rtol=1e-12)
   np.testing.assert_allclose(steps.adam_hparams["g"]["b2"], 0.991992, atol=5e-7)
   np.testing.assert_allclose(steps.adam_hparams["d"]["b2"], 0.990585, atol=5e-7)
-  for tx, hp in ((steps.optimizers["g"], steps.adam_hparams["g"]), (steps.optimizers["d"], steps.adam_hparams["d"])):
+  for tx, hp in (
+    (steps.optimizers["g"], steps.adam_hparams["g"]),
+    (steps.optimizers["d"], steps.adam_hparams["d"]),
+  ):
     assert hp["b1"] == 0.0 and hp["eps"] == 1e-8
     params = jnp.array([1.0, -2.0, 3.0])
     grads = [jnp.array([0.5, -1e-3, 2.0]), jnp.array([-0.25, 1e-3, 1.0])]
@@ -116,16 +131,20 @@ def test_effective_adam_matches_reference_update():
 
 def test_fake_times_follow_sorted_beta():
   config = tiny_digan.tiny_config()
-  steps = steps_lib.DiganSteps(config, sharding.make_mesh(config.mesh, jax.devices()[:1]),
-                               compiler_options=tiny_digan.COMPILER_OPTIONS)
+  steps = steps_lib.DiganSteps(
+    config,
+    sharding.make_mesh(config.mesh, jax.devices()[:1]),
+    compiler_options=tiny_digan.COMPILER_OPTIONS,
+  )
   times = np.asarray(jax.jit(lambda k: steps._fake_draws(k, 200_000)["times"])(jax.random.key(3)))
   assert np.all(times[:, 0] <= times[:, 1]) and times.min() >= 0 and times.max() <= 1
   # Official fake-time draws (docs/frame_pairs.md): E[t_lo] = 0.300, E[t_hi] = 0.700, E[Δt] = 0.400 (MC std ~6e-4).
   np.testing.assert_allclose(times.mean(0), [0.3, 0.7], atol=3e-3)
   np.testing.assert_allclose(np.mean(times[:, 1] - times[:, 0]), 0.4, atol=3e-3)
   dt = times[:, 1] - times[:, 0]
-  np.testing.assert_allclose([np.mean(dt < 1 / 3), np.mean((dt >= 1 / 3) & (dt < 2 / 3))],
-                             [0.440, 0.383], atol=5e-3)
+  np.testing.assert_allclose(
+    [np.mean(dt < 1 / 3), np.mean((dt >= 1 / 3) & (dt < 2 / 3))], [0.440, 0.383], atol=5e-3
+  )
 
 
 def test_fsdp_shards_large_parameters_only():
@@ -133,9 +152,11 @@ def test_fsdp_shards_large_parameters_only():
   config.mesh.data, config.mesh.fsdp = -1, 2
   mesh = sharding.make_mesh(config.mesh)
   assert dict(mesh.shape) == {"data": 4, "fsdp": 2}
-  abstract = {"big": jax.ShapeDtypeStruct((512, 1024), jnp.float32),
-              "odd": jax.ShapeDtypeStruct((513, 1023), jnp.float32),
-              "small": jax.ShapeDtypeStruct((16,), jnp.float32)}
+  abstract = {
+    "big": jax.ShapeDtypeStruct((512, 1024), jnp.float32),
+    "odd": jax.ShapeDtypeStruct((513, 1023), jnp.float32),
+    "small": jax.ShapeDtypeStruct((16,), jnp.float32),
+  }
   sh = sharding.state_shardings(abstract, mesh)
   assert sh["big"].spec == jax.sharding.PartitionSpec(None, "fsdp")
   assert sh["odd"].spec == jax.sharding.PartitionSpec()
@@ -164,7 +185,9 @@ def test_class_conditional_phase_uses_labels():
   a, b = d_out(state, batch, inputs), d_out(state, batch, other)
   real_change = float(jnp.abs(a["real/motion_logits"] - b["real/motion_logits"]).max())
   image_change = float(jnp.abs(a["real/image_logits"] - b["real/image_logits"]).max())
-  print(f"real logits change with the real labels only: motion {real_change:.3g}, image {image_change:.3g}")
+  print(
+    f"real logits change with the real labels only: motion {real_change:.3g}, image {image_change:.3g}"
+  )
   assert real_change > 1e-6 and image_change > 1e-6
   np.testing.assert_array_equal(a["fake/motion_logits"], b["fake/motion_logits"])
   # The G phase reads labels too (mapping embedding and the projection head).
@@ -206,8 +229,11 @@ def test_learning_motion_that_follows_delta_t():
   draws = steps._fake_draws(jax.random.key(7), 64)
   times = np.asarray(draws["times"])
   delta_t = times[:, 1] - times[:, 0]
-  render = jax.jit(lambda s: steps.render_pair7(
-      s.g_params, s.g_stats, draws["z_content"], draws["z_motion"], draws["times"])[0])
+  render = jax.jit(
+    lambda s: steps.render_pair7(
+      s.g_params, s.g_stats, draws["z_content"], draws["z_motion"], draws["times"]
+    )[0]
+  )
 
   def fit(s):
     x = np.asarray(render(s))
@@ -219,26 +245,39 @@ def test_learning_motion_that_follows_delta_t():
 
   def toy_batch(i):
     rng = np.random.default_rng(i)
-    t = np.sort(np.stack([np.sqrt(rng.uniform(size=batch_size)),
-                          1 - np.sqrt(rng.uniform(size=batch_size))], 1), 1)
+    t = np.sort(
+      np.stack(
+        [np.sqrt(rng.uniform(size=batch_size)), 1 - np.sqrt(rng.uniform(size=batch_size))], 1
+      ),
+      1,
+    )
     video_colour = colour + 0.1 * rng.standard_normal((batch_size, 1, 1, 1, 3))
     frames = video_colour + slope_real * (t[:, :, None, None, None] - 0.5)
     frames = np.broadcast_to(frames, (batch_size, 2, res, res, 3)).astype(np.float32)
     return sharding.global_batch_from_local(
-        {"frames": frames, "delta_t": (t[:, 1] - t[:, 0]).astype(np.float32)}, mesh)
+      {"frames": frames, "delta_t": (t[:, 1] - t[:, 0]).astype(np.float32)}, mesh
+    )
 
   step_fn = steps.jit_train_step()
   error_init, slope_init, _ = fit(state)
   gaps = []
   for i in range(600):
     state, m = step_fn(state, toy_batch(i), steps.lazy_phases(i))
-    gaps.append(float(m["train/dm_real_logit"] - m["train/dm_fake_logit"]
-                      + m["train/di_real_logit"] - m["train/di_fake_logit"]))
+    gaps.append(
+      float(
+        m["train/dm_real_logit"]
+        - m["train/dm_fake_logit"]
+        + m["train/di_real_logit"]
+        - m["train/di_fake_logit"]
+      )
+    )
   error_final, slope, corr = fit(state)
   windows = np.array(gaps).reshape(-1, 50).mean(axis=1)
-  print(f"colour error {error_init:.3f} -> {error_final:.3f}; frame-difference slope vs Δt "
-        f"{slope_init:.3f} -> {slope:.3f} (real {slope_real}), correlation {corr:.3f}; "
-        f"logit gap per 50 steps {np.round(windows, 2).tolist()}")
+  print(
+    f"colour error {error_init:.3f} -> {error_final:.3f}; frame-difference slope vs Δt "
+    f"{slope_init:.3f} -> {slope:.3f} (real {slope_real}), correlation {corr:.3f}; "
+    f"logit gap per 50 steps {np.round(windows, 2).tolist()}"
+  )
   # One trace and one compilation per variant (with and without R1), nothing else.
   assert steps.step_variants() == ((), ("r1",))
   assert dict(steps.trace_counts) == {("train_step", ()): 1, ("train_step", ("r1",)): 1}
@@ -255,8 +294,11 @@ def test_training_replays_the_public_phase_draws():
   explicitly gives the same iteration, and draws of another step give a different one."""
   steps, state = _tiny_steps()
   batch = tiny_digan.real_batch(0, steps.global_batch, steps.resolution)
-  draw = lambda s: {"g": steps.g_inputs(s, batch), "d": steps.d_inputs(s, batch),
-                    "r1": steps.r1_inputs(s, batch)}
+  draw = lambda s: {
+    "g": steps.g_inputs(s, batch),
+    "d": steps.d_inputs(s, batch),
+    "r1": steps.r1_inputs(s, batch),
+  }
   step_fn = jax.jit(steps.train_step, static_argnums=2)
   drawn, _ = step_fn(state, batch, ("r1",))
   replayed, _ = step_fn(state, batch, ("r1",), draw(state))
@@ -278,8 +320,9 @@ def test_phase_outputs_in_global_order_with_micro_batches():
     outs.append(jax.device_get(fn(state, batch)))
   (full, micro) = outs
   for key in full.per_video:
-    np.testing.assert_allclose(micro.per_video[key], full.per_video[key], rtol=1e-5, atol=1e-6,
-                               err_msg=key)
+    np.testing.assert_allclose(
+      micro.per_video[key], full.per_video[key], rtol=1e-5, atol=1e-6, err_msg=key
+    )
   for key in full.terms:
     np.testing.assert_allclose(micro.terms[key], full.terms[key], rtol=1e-5, err_msg=key)
   # Not trivially equal: the videos have different logits.
@@ -288,8 +331,11 @@ def test_phase_outputs_in_global_order_with_micro_batches():
 
 def _tiny_steps(**kwargs):
   config = tiny_digan.tiny_config(**kwargs)
-  steps = steps_lib.DiganSteps(config, sharding.make_mesh(config.mesh, jax.devices()[:1]),
-                               compiler_options=tiny_digan.COMPILER_OPTIONS)
+  steps = steps_lib.DiganSteps(
+    config,
+    sharding.make_mesh(config.mesh, jax.devices()[:1]),
+    compiler_options=tiny_digan.COMPILER_OPTIONS,
+  )
   return steps, steps.create_train_state()
 
 
@@ -299,17 +345,25 @@ def test_ema_blends_with_the_official_beta():
   step = 300
   g_ema = jax.tree.map(lambda x: x - 0.5, state.g_params)
   g = jax.tree.map(lambda x: x + 1.0, state.g_params)
-  state = state.replace(step=jnp.asarray(step, jnp.int32), g_params=g,
-                        g_ema={"params": g_ema, "stats": state.g_stats})
+  state = state.replace(
+    step=jnp.asarray(step, jnp.int32), g_params=g, g_ema={"params": g_ema, "stats": state.g_stats}
+  )
   new = jax.jit(steps.ema_phase)(state)
   ema_nimg = min(steps.cfg.ema_kimg * 1000, step * steps.global_batch * steps.cfg.ema_rampup)
   beta = 0.5 ** (steps.global_batch / ema_nimg)
   assert 0.1 < beta < 0.99
   # Relative to the values: the mapping weights are stored x100 (lr multiplier 0.01).
-  err = max(float(np.max(np.abs(np.asarray(n) - (beta * np.asarray(e) + (1 - beta) * np.asarray(p)))
-                         / (np.abs(np.asarray(p)) + 1.0)))
-            for n, e, p in zip(jax.tree.leaves(new.g_ema["params"]), jax.tree.leaves(g_ema),
-                               jax.tree.leaves(g)))
+  err = max(
+    float(
+      np.max(
+        np.abs(np.asarray(n) - (beta * np.asarray(e) + (1 - beta) * np.asarray(p)))
+        / (np.abs(np.asarray(p)) + 1.0)
+      )
+    )
+    for n, e, p in zip(
+      jax.tree.leaves(new.g_ema["params"]), jax.tree.leaves(g_ema), jax.tree.leaves(g)
+    )
+  )
   print(f"EMA at step {step}: β = {beta:.5f}, max |error| / (|p| + 1) {err:.3g}")
   assert err < 1e-6
   assert int(new.step) == step + 1
@@ -327,12 +381,16 @@ def test_r1_loss_carries_the_lazy_regularisation_gain():
   one, four = results[1], results[4]
   t = four.terms
   np.testing.assert_allclose(t["total"], 4 * (t["r1_loss_motion"] + t["r1_loss_image"]), rtol=1e-6)
-  np.testing.assert_allclose(t["r1_loss_motion"] + t["r1_loss_image"],
-                             0.5 * steps.cfg.r1_gamma * (t["r1_penalty_motion"] + t["r1_penalty_image"]),
-                             rtol=1e-6)
-  ratios = [float(np.max(np.abs(b))) / float(np.max(np.abs(a)))
-            for a, b in zip(jax.tree.leaves(one.grads), jax.tree.leaves(four.grads))
-            if np.max(np.abs(a)) > 0]
+  np.testing.assert_allclose(
+    t["r1_loss_motion"] + t["r1_loss_image"],
+    0.5 * steps.cfg.r1_gamma * (t["r1_penalty_motion"] + t["r1_penalty_image"]),
+    rtol=1e-6,
+  )
+  ratios = [
+    float(np.max(np.abs(b))) / float(np.max(np.abs(a)))
+    for a, b in zip(jax.tree.leaves(one.grads), jax.tree.leaves(four.grads))
+    if np.max(np.abs(a)) > 0
+  ]
   print(f"R1 gradient ratio r1_every 4 / 1: min {min(ratios):.6f}, max {max(ratios):.6f}")
   np.testing.assert_allclose(ratios, 4.0, rtol=1e-5)
   np.testing.assert_allclose(four.terms["r1_loss_motion"], one.terms["r1_loss_motion"], rtol=1e-6)
@@ -358,8 +416,10 @@ def test_w_avg_tracks_the_batch_mean_of_w_in_every_generator_call():
   exp_g = expected(state.g_params, state.g_stats, g_in["z_content"])
   exp_d = expected(after_g.g_params, after_g.g_stats, d_in["z_content"])
   got_g, got_d = (np.asarray(s.g_stats["mapping"]["w_avg"]) for s in (after_g, after_d))
-  print(f"w_avg after G / D phase: max |error| {np.abs(got_g - exp_g).max():.3g} / "
-        f"{np.abs(got_d - exp_d).max():.3g}; moved {np.abs(got_d - np.asarray(state.g_stats['mapping']['w_avg'])).max():.3g}")
+  print(
+    f"w_avg after G / D phase: max |error| {np.abs(got_g - exp_g).max():.3g} / "
+    f"{np.abs(got_d - exp_d).max():.3g}; moved {np.abs(got_d - np.asarray(state.g_stats['mapping']['w_avg'])).max():.3g}"
+  )
   np.testing.assert_allclose(got_g, exp_g, atol=1e-6)
   np.testing.assert_allclose(got_d, exp_d, atol=1e-6)
   assert np.abs(got_d - got_g).max() > 1e-4  # the D phase's call moved it again

@@ -33,8 +33,16 @@ def _smoke(data_dir, **train_overrides):
 
 
 def _main_cmd(workdir, data_dir, *extra):
-  return [sys.executable, "-m", "digan_jax.main", "--config=configs/smoke.py", f"--workdir={workdir}",
-          f"--config.data.data_dir={data_dir}", f"--config.train.num_steps={NUM_STEPS}", *extra]
+  return [
+    sys.executable,
+    "-m",
+    "digan_jax.main",
+    "--config=configs/smoke.py",
+    f"--workdir={workdir}",
+    f"--config.data.data_dir={data_dir}",
+    f"--config.train.num_steps={NUM_STEPS}",
+    *extra,
+  ]
 
 
 def _env():
@@ -63,6 +71,7 @@ def fast_compile():
   are compile-bound on CPU); evaluation and sampling keep the default level (I3D at 224x224 is
   run-time bound)."""
   from digan_jax import steps as steps_lib
+
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(steps_lib, "DiganSteps", tiny_digan.fast_compile_steps())
     yield
@@ -109,40 +118,60 @@ def _max_diff(a, b):
 def test_uninterrupted_run_writes_workdir(uninterrupted, data_dir):
   workdir, metrics = uninterrupted
   assert np.isfinite(metrics["train/loss_g"]) and np.isfinite(metrics["train/loss_d"])
-  for name in ("config.json", "manifest.json", "checkpoints/12", "checkpoints/9", "eval/6.json",
-               "eval/12.json", "best/best.json", "samples/12/grid.gif", "samples/12/sampling.json"):
+  for name in (
+    "config.json",
+    "manifest.json",
+    "checkpoints/12",
+    "checkpoints/9",
+    "eval/6.json",
+    "eval/12.json",
+    "best/best.json",
+    "samples/12/grid.gif",
+    "samples/12/sampling.json",
+  ):
     assert (workdir / name).exists(), name
   assert not (workdir / "checkpoints" / "3").exists()  # keep_checkpoints=3: 6, 9, 12 remain
   assert np.isfinite(metrics["eval/fvd"]) and metrics["eval/fvd"] > 0
   assert np.isfinite(metrics["eval/digan/fvd"])
   # Each protocol at its cadence: proxy at 6 and 12, digan at the end only.
-  protocols_at = {s: sorted(json.loads((workdir / "eval" / f"{s}.json").read_text())["results"])
-                  for s in (6, NUM_STEPS)}
+  protocols_at = {
+    s: sorted(json.loads((workdir / "eval" / f"{s}.json").read_text())["results"])
+    for s in (6, NUM_STEPS)
+  }
   assert protocols_at == {6: ["proxy"], NUM_STEPS: ["digan", "proxy"]}
 
   # Training moved both networks away from the seed's initial state.
   from digan_jax import sharding, steps as steps_lib
+
   config = _smoke(data_dir)
-  init = _host_tree(steps_lib.DiganSteps(config, sharding.make_mesh(config.mesh))
-                    .create_train_state())
+  init = _host_tree(
+    steps_lib.DiganSteps(config, sharding.make_mesh(config.mesh)).create_train_state()
+  )
   state = _restore_state(workdir / "checkpoints", NUM_STEPS)
-  moved_g, moved_d = _max_diff(state["g_params"], init.g_params), _max_diff(state["d_params"],
-                                                                            init.d_params)
+  moved_g, moved_d = (
+    _max_diff(state["g_params"], init.g_params),
+    _max_diff(state["d_params"], init.d_params),
+  )
   # The EMA generator is a blend, neither the current G nor a copy of the initial one.
   ema_vs_g = _max_diff(state["g_ema"]["params"], state["g_params"])
   ema_vs_init = _max_diff(state["g_ema"]["params"], init.g_ema["params"])
-  print(f"after {NUM_STEPS} steps: |G - G0| {moved_g:.3g}, |D - D0| {moved_d:.3g}, "
-        f"|G_ema - G| {ema_vs_g:.3g}, |G_ema - G_ema0| {ema_vs_init:.3g}")
+  print(
+    f"after {NUM_STEPS} steps: |G - G0| {moved_g:.3g}, |D - D0| {moved_d:.3g}, "
+    f"|G_ema - G| {ema_vs_g:.3g}, |G_ema - G_ema0| {ema_vs_init:.3g}"
+  )
   assert moved_g > 1e-3 and moved_d > 1e-3 and ema_vs_g > 1e-4 and ema_vs_init > 1e-4
   # The separately saved EMA generator (what sampling and --mode=eval read) is the state's G_ema.
   from digan_jax import checkpointing
+
   saved = checkpointing.restore_numpy(workdir / "checkpoints", NUM_STEPS, "g_ema")
   for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(state["g_ema"])):
     np.testing.assert_array_equal(a, b)
 
   # best/ holds the EMA generator of the step with the lowest in-loop FVD.
-  fvds = {s: json.loads((workdir / "eval" / f"{s}.json").read_text())["results"]["proxy"]["fvd"]
-          for s in (6, NUM_STEPS)}
+  fvds = {
+    s: json.loads((workdir / "eval" / f"{s}.json").read_text())["results"]["proxy"]["fvd"]
+    for s in (6, NUM_STEPS)
+  }
   best = json.loads((workdir / "best" / "best.json").read_text())
   assert best["fvd"] == min(fvds.values()) and best["step"] == min(fvds, key=fvds.get)
   best_g_ema = checkpointing.restore_numpy(workdir / "best", best["step"], "g_ema")
@@ -167,9 +196,9 @@ def test_preempted_run_resumes_to_identical_parameters(uninterrupted, data_dir, 
   cmd = _main_cmd(workdir, data_dir, "--config.checkpoint_every_steps=3")
   assert cmd[1:3] == ["-m", "digan_jax.main"]
   cmd[1:3] = ["-c", _FAST_COMPILE_MAIN]
-  proc = subprocess.Popen(cmd,
-                          cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+  proc = subprocess.Popen(
+    cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
   deadline = time.time() + 600
   while not (workdir / "checkpoints" / "3").exists():
     assert proc.poll() is None, proc.stdout.read()[-3000:]
@@ -196,7 +225,8 @@ def test_eval_mode_adds_fvd_of_the_latest_checkpoint(uninterrupted, data_dir):
   path = workdir / "eval" / f"{NUM_STEPS}.json"
   in_loop = json.loads(path.read_text())["results"]["proxy"]
   assert not json.loads((workdir / "eval" / "6.json").read_text())["results"]["proxy"][
-      "real_cache_hit"]  # the first evaluation computed the real features
+    "real_cache_hit"
+  ]  # the first evaluation computed the real features
   in_loop_digan = json.loads(path.read_text())["results"]["digan"]
   path.unlink()
   config = _with_eval(_smoke(data_dir))
@@ -209,7 +239,9 @@ def test_eval_mode_adds_fvd_of_the_latest_checkpoint(uninterrupted, data_dir):
   assert result["card"]["overrides"] == {"num_fake": 8, "num_real": 8, "num_trials": 1}
   assert len(result["fvd_trials"]) == 1 and result["fvd"] > 0 and np.isfinite(result["kvd"])
   assert result["real_cache_hit"]  # reals computed in the loop, read from the cache
-  print(f"FVD at step {NUM_STEPS}: in the loop {in_loop['fvd']:.6f}, --mode=eval {first['fvd']:.6f}")
+  print(
+    f"FVD at step {NUM_STEPS}: in the loop {in_loop['fvd']:.6f}, --mode=eval {first['fvd']:.6f}"
+  )
   assert result["fvd_trials"] == in_loop["fvd_trials"] and first["fvd"] == in_loop["fvd"]
 
 
@@ -232,6 +264,7 @@ def test_state_with_a_non_finite_value_is_never_checkpointed(tmp_path, data_dir)
   """Losses are computed before the update, so finite losses do not prove a finite state: the save
   itself checks every value of the state (networks, EMA, Adam moments)."""
   from digan_jax import sharding, steps as steps_lib
+
   config = _smoke(data_dir)
   steps = steps_lib.DiganSteps(config, sharding.make_mesh(config.mesh))
   good = steps.create_train_state()
@@ -252,6 +285,7 @@ def test_state_with_a_non_finite_value_is_never_checkpointed(tmp_path, data_dir)
 
 def _model_configs(config):
   from digan_jax.models import factory
+
   return factory.generator_config(config.model), factory.discriminator_config(config.model)
 
 
@@ -284,16 +318,25 @@ def test_bad_batch_for_mesh(tmp_path, data_dir):
   assert not (tmp_path / "wd").exists()  # refused before anything is written
 
 
-@pytest.mark.parametrize("flag,message", [
+@pytest.mark.parametrize(
+  "flag,message",
+  [
     ("--config.train.global_batch_sise=3", "global_batch_sise"),
     ("--config.train.global_batch_size=abc", "invalid literal"),
     ("--config=configs/no_such_config.py", "no_such_config.py"),
     ("--no_such_flag=1", "no_such_flag"),
     ("--config.data.name=no_such_dataset", "no_such_dataset"),
-])
+  ],
+)
 def test_cli_errors_are_one_clear_message(tmp_path, data_dir, flag, message):
-  proc = subprocess.run(_main_cmd(tmp_path / "wd", tmp_path / "empty_data", flag), cwd=REPO,
-                        env=_env(), capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    _main_cmd(tmp_path / "wd", tmp_path / "empty_data", flag),
+    cwd=REPO,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode != 0
   assert message in proc.stderr, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr, proc.stderr[-2000:]

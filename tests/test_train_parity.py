@@ -42,8 +42,10 @@ FAST_COMPILE = tiny_digan.COMPILER_OPTIONS
 def _fixture_path() -> pathlib.Path:
   path = os.environ.get("DIGAN_TRAIN_PARITY_FIXTURE")
   if path is None:
-    path = (pathlib.Path(__file__).resolve().parents[1].parent
-            / "shared/fixtures/official_digan_train_64.npz")
+    path = (
+      pathlib.Path(__file__).resolve().parents[1].parent
+      / "shared/fixtures/official_digan_train_64.npz"
+    )
   return pathlib.Path(path)
 
 
@@ -51,23 +53,35 @@ def _fixture_path() -> pathlib.Path:
 def fx():
   path = _fixture_path()
   if not path.is_file():
-    pytest.skip(f"training parity fixture not found at {path} "
-                "(set DIGAN_TRAIN_PARITY_FIXTURE or place ../shared)")
+    pytest.skip(
+      f"training parity fixture not found at {path} "
+      "(set DIGAN_TRAIN_PARITY_FIXTURE or place ../shared)"
+    )
   arrays, meta = official.load_npz(path)
   gcfg, dcfg = official.configs_from_meta(meta)
   nets = official.split_networks(arrays)
   real7 = arrays["in/real7"].transpose(0, 2, 3, 1)
-  batch = {"frames": np.stack([real7[..., 0:3], real7[..., 3:6]], axis=1),
-           "delta_t": real7[:, 0, 0, 6].copy()}
+  batch = {
+    "frames": np.stack([real7[..., 0:3], real7[..., 3:6]], axis=1),
+    "delta_t": real7[:, 0, 0, 6].copy(),
+  }
   if gcfg.c_dim:
     batch["label"] = np.argmax(arrays["in/real_c"], axis=1).astype(np.int32)
-  return dict(arrays=arrays, meta=meta, gcfg=gcfg, dcfg=dcfg, batch=batch,
-              g_vars=official.convert_generator(nets["G"]),
-              d_vars=official.convert_dual_discriminator(nets["D"]), results={})
+  return dict(
+    arrays=arrays,
+    meta=meta,
+    gcfg=gcfg,
+    dcfg=dcfg,
+    batch=batch,
+    g_vars=official.convert_generator(nets["G"]),
+    d_vars=official.convert_dual_discriminator(nets["D"]),
+    results={},
+  )
 
 
 def _config(meta, policy: str):
   from configs.default import get_config
+
   config = get_config()
   tc = config.train
   adam = meta["adam"]
@@ -92,8 +106,10 @@ def case_steps(fx):
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     steps = steps_lib.DiganSteps(config, mesh, Generator(fx["gcfg"]), DualDiscriminator(fx["dcfg"]))
     state = steps.init_from(fx["g_vars"], fx["d_vars"])
-    grads = {p.name: jax.jit(functools.partial(p.grads, details=True), compiler_options=FAST_COMPILE)
-             for p in steps.phases}
+    grads = {
+      p.name: jax.jit(functools.partial(p.grads, details=True), compiler_options=FAST_COMPILE)
+      for p in steps.phases
+    }
     out[case] = (steps, state, grads)
   return out
 
@@ -108,7 +124,9 @@ def _aug_params(arrays, phase: str, pas: str, steps) -> dict:
     params["saturation"] = draw("saturation") * 2.0
     params["contrast"] = draw("contrast") + 0.5
   if "translation" in ops:
-    params["translate"] = np.stack([draw("translation_x"), draw("translation_y")], 1).astype(np.int32)
+    params["translate"] = np.stack([draw("translation_x"), draw("translation_y")], 1).astype(
+      np.int32
+    )
   if "cutout" in ops:
     c = augment.shift_size(steps.resolution, steps.cfg.cutout)
     offset = np.stack([draw("cutout_offset_x"), draw("cutout_offset_y")], 1).astype(np.int32)
@@ -149,12 +167,14 @@ def _nchw(x):
 
 
 def _flat(tree) -> dict:
-  return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+    jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def _official_tree(fx, arrays_prefix: str, net: str):
   """Official tensors under `arrays_prefix` (torch names) in this project's parameter tree."""
-  sd = {k[len(arrays_prefix):]: v for k, v in fx["arrays"].items() if k.startswith(arrays_prefix)}
+  sd = {k[len(arrays_prefix) :]: v for k, v in fx["arrays"].items() if k.startswith(arrays_prefix)}
   assert sd, f"no tensors under {arrays_prefix}"
   if net == "G":
     return official.convert_generator(sd)["params"]
@@ -202,14 +222,15 @@ def test_phase_matches_official(fx, case_steps, case, phase):
       _check(report, f"{pas} d_input", _rel(_nchw(pv[f"{pas}/d_input"]), a[key]), TENSOR_RTOL)
     for d in ("motion", "image"):
       ours = pv[f"{pas}/{d}_logits"].reshape(a[f"logits/{case}/{phase}/{pas}/{d}"].shape)
-      _check(report, f"{pas} {d} logits", _rel(ours, a[f"logits/{case}/{phase}/{pas}/{d}"]),
-             TENSOR_RTOL)
+      _check(
+        report, f"{pas} {d} logits", _rel(ours, a[f"logits/{case}/{phase}/{pas}/{d}"]), TENSOR_RTOL
+      )
   # Loss terms.
   prefix = f"loss/{case}/{phase}/"
   for key in sorted(k for k in a if k.startswith(prefix)):
-    name = key[len(prefix):]
+    name = key[len(prefix) :]
     if name.endswith("_per_sample"):
-      ours = pv[name[:-len("_per_sample")]].reshape(a[key].shape)
+      ours = pv[name[: -len("_per_sample")]].reshape(a[key].shape)
     else:
       ours = terms[name]
     bound = R1_RTOL if name.startswith("r1_") else LOSS_RTOL
@@ -217,8 +238,12 @@ def test_phase_matches_official(fx, case_steps, case, phase):
       bound = R1_RTOL
     _check(report, f"loss {name}", _rel(ours, a[key]), bound)
   if phase == "Dreg":
-    _check(report, "r1_grad_motion", _rel(_nchw(pv["r1_grad_motion"]),
-                                          a[f"dbg/{case}/Dreg/r1_grad_motion"]), TENSOR_RTOL)
+    _check(
+      report,
+      "r1_grad_motion",
+      _rel(_nchw(pv["r1_grad_motion"]), a[f"dbg/{case}/Dreg/r1_grad_motion"]),
+      TENSOR_RTOL,
+    )
     ours = _nchw(pv["r1_grad_image"].reshape((-1,) + pv["r1_grad_image"].shape[2:]))
     _check(report, "r1_grad_image", _rel(ours, a[f"dbg/{case}/Dreg/r1_grad_image"]), TENSOR_RTOL)
   # Every parameter gradient, through the official-name conversion.
@@ -232,8 +257,9 @@ def test_phase_matches_official(fx, case_steps, case, phase):
   if any(k.startswith(adam_key) for k in a):
     ref_after = _flat(_official_tree(fx, adam_key, net))
     ref_grad = _flat(_official_tree(fx, f"grad/{case}/{phase}/{net}/", net))
-    before = _flat(jax.device_get(case_steps[case][1].d_params if net == "D"
-                                     else case_steps[case][1].g_params))
+    before = _flat(
+      jax.device_get(case_steps[case][1].d_params if net == "D" else case_steps[case][1].g_params)
+    )
     ours_after = _flat(after.d_params if net == "D" else after.g_params)
     lr = steps.adam_hparams["d" if net == "D" else "g"]["learning_rate"]
     worst_adam = 0.0
@@ -252,16 +278,20 @@ def test_phase_matches_official(fx, case_steps, case, phase):
   print(f"\n{case}/{phase}: measured (value <= bound)")
   for name, value, bound in report:
     print(f"  {name:58s} {value:.3g} <= {bound:g}")
-  print(f"  gradient tensors above 1e-4 / 1e-2 relative: {len(over)} / "
-        f"{sum(v > GRAD_RTOL for v in errs.values())} of {len(errs)}")
+  print(
+    f"  gradient tensors above 1e-4 / 1e-2 relative: {len(over)} / "
+    f"{sum(v > GRAD_RTOL for v in errs.values())} of {len(errs)}"
+  )
   failed = [(n, v, b) for n, v, b in report if not v <= b]
   assert not failed, failed
 
 
 def test_adam_settings_match_official(fx, case_steps):
   steps = next(iter(case_steps.values()))[0]
-  for ours, ref in ((steps.adam_hparams["g"], fx["meta"]["adam"]["G"]),
-                    (steps.adam_hparams["d"], fx["meta"]["adam"]["D"])):
+  for ours, ref in (
+    (steps.adam_hparams["g"], fx["meta"]["adam"]["G"]),
+    (steps.adam_hparams["d"], fx["meta"]["adam"]["D"]),
+  ):
     np.testing.assert_allclose(ours["learning_rate"], ref["lr"], rtol=1e-12)
     np.testing.assert_allclose([ours["b1"], ours["b2"]], ref["betas"], rtol=1e-12)
     assert ours["eps"] == ref["eps"]
@@ -286,39 +316,51 @@ def test_chained_iteration_equals_phases_composed_by_hand(fx, case_steps):
       tx = steps.optimizers[opt]
       params, opt_state = getattr(s, f"{opt}_params"), getattr(s, f"{opt}_opt_state")
       updates, opt_state = tx.update(optim.sanitize_grads(result.grads), opt_state, params)
-      s = s.replace(**{f"{opt}_params": jax.tree.map(jnp.add, params, updates),
-                       f"{opt}_opt_state": opt_state})
+      s = s.replace(
+        **{f"{opt}_params": jax.tree.map(jnp.add, params, updates), f"{opt}_opt_state": opt_state}
+      )
       if result.g_stats is not None:
         s = s.replace(g_stats=result.g_stats)
     beta = float(losses.ema_beta(400, steps.global_batch, steps.cfg.ema_kimg, steps.cfg.ema_rampup))
     assert 0 < beta < 1
-    ema = jax.tree.map(lambda e, p: beta * np.asarray(e) + (1 - beta) * np.asarray(p),
-                       state.g_ema["params"], s.g_params)
+    ema = jax.tree.map(
+      lambda e, p: beta * np.asarray(e) + (1 - beta) * np.asarray(p),
+      state.g_ema["params"],
+      s.g_params,
+    )
     return s, ema
 
   def worst(chained, by_hand, ema):
     """Max over parameters of |Δ| / (0.05 lr + 1e-6 |p|): 1 = 5 % of one Adam step (the mapping
     weights are stored x100, where one float32 ulp is ~1.5 % of lr)."""
     out = {}
-    for name, ours, ref in (("g_params", chained.g_params, by_hand.g_params),
-                            ("d_params", chained.d_params, by_hand.d_params),
-                            ("g_stats", chained.g_stats, by_hand.g_stats),
-                            ("g_ema", chained.g_ema["params"], ema)):
-      out[name] = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))
-                                   / (0.05 * lr + 1e-6 * np.abs(np.asarray(y)))))
-                      for x, y in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)))
+    for name, ours, ref in (
+      ("g_params", chained.g_params, by_hand.g_params),
+      ("d_params", chained.d_params, by_hand.d_params),
+      ("g_stats", chained.g_stats, by_hand.g_stats),
+      ("g_ema", chained.g_ema["params"], ema),
+    ):
+      out[name] = max(
+        float(
+          np.max(np.abs(np.asarray(x) - np.asarray(y)) / (0.05 * lr + 1e-6 * np.abs(np.asarray(y))))
+        )
+        for x, y in zip(jax.tree.leaves(ours), jax.tree.leaves(ref))
+      )
     return out
 
   with jax.default_matmul_precision("highest"):
-    chained, metrics = jax.jit(steps.train_step, static_argnums=2,
-                               compiler_options=FAST_COMPILE)(state, batch, ("r1",), inputs)
+    chained, metrics = jax.jit(steps.train_step, static_argnums=2, compiler_options=FAST_COMPILE)(
+      state, batch, ("r1",), inputs
+    )
     chained = jax.device_get(chained)
     right = worst(chained, *compose(("g", "d", "r1")))
     # Negative control: the D step before the G step (D's fakes from the old G) is told apart.
     swapped = worst(chained, *compose(("d", "g", "r1")))
-  print(f"\nchained iteration vs composed by hand, max |Δ| / (0.05 lr + 1e-6 |p|): "
-        f"{ {k: round(v, 4) for k, v in right.items()} }; with G and D swapped: "
-        f"{ {k: round(v, 2) for k, v in swapped.items()} }")
+  print(
+    f"\nchained iteration vs composed by hand, max |Δ| / (0.05 lr + 1e-6 |p|): "
+    f"{ {k: round(v, 4) for k, v in right.items()} }; with G and D swapped: "
+    f"{ {k: round(v, 2) for k, v in swapped.items()} }"
+  )
   assert int(chained.step) == 401
   assert all(np.isfinite(float(v)) for v in metrics.values())
   assert max(right.values()) < 1.0, right

@@ -11,11 +11,17 @@ import numpy as np
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
-def tiny_config(resolution: int = 8, global_batch: int = 16, r1_every: int = 1,
-                num_micro_batches: int = 1, c_dim: int = 0):
+def tiny_config(
+  resolution: int = 8,
+  global_batch: int = 16,
+  r1_every: int = 1,
+  num_micro_batches: int = 1,
+  c_dim: int = 0,
+):
   """A DIGAN config with networks small enough to compile in seconds on a 2-core CPU."""
   sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
   from configs.default import get_config
+
   config = get_config()
   g = config.model.generator
   g.resolution = resolution
@@ -53,8 +59,10 @@ def fast_compile_steps():
 def real_batch(step: int, global_batch: int, resolution: int, c_dim: int = 0):
   """Deterministic 'real' batch of frame pairs for iteration `step` (NumPy, global rows)."""
   rng = np.random.default_rng(1000 + step)
-  batch = {"frames": rng.uniform(-1, 1, (global_batch, 2, resolution, resolution, 3)).astype(np.float32),
-           "delta_t": rng.integers(0, 16, (global_batch,)).astype(np.float32) / 15}
+  batch = {
+    "frames": rng.uniform(-1, 1, (global_batch, 2, resolution, resolution, 3)).astype(np.float32),
+    "delta_t": rng.integers(0, 16, (global_batch,)).astype(np.float32) / 15,
+  }
   if c_dim:
     batch["label"] = rng.integers(0, c_dim, (global_batch,)).astype(np.int32)
   return batch
@@ -73,7 +81,9 @@ def run(config, mesh, num_steps: int):
   for i in range(num_steps):
     batch = real_batch(i, steps.global_batch, steps.resolution, steps.c_dim)
     local = {k: v[rows] for k, v in batch.items()}
-    state, metrics = step_fn(state, sharding.global_batch_from_local(local, mesh), steps.lazy_phases(i))
+    state, metrics = step_fn(
+      state, sharding.global_batch_from_local(local, mesh), steps.lazy_phases(i)
+    )
     history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
   return history, state
 
@@ -81,21 +91,35 @@ def run(config, mesh, num_steps: int):
 def host_params(state):
   """All trainable and EMA parameters of a (replicated) state as NumPy on this host."""
   import jax
+
   pick = lambda x: np.asarray(x.addressable_data(0)) if x.is_fully_replicated else np.asarray(x)
-  return jax.tree.map(pick, {"g": state.g_params, "d": state.d_params, "g_ema": state.g_ema["params"]})
+  return jax.tree.map(
+    pick, {"g": state.g_params, "d": state.d_params, "g_ema": state.g_ema["params"]}
+  )
 
 
 def _worker(process_id: int, num_processes: int, port: int, out_path: str, num_steps: int):
   import jax
+
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=num_processes, process_id=process_id)
+  jax.distributed.initialize(
+    f"127.0.0.1:{port}", num_processes=num_processes, process_id=process_id
+  )
   from digan_jax import sharding
+
   config = tiny_config()
   mesh = sharding.make_mesh(config.mesh)
   history, state = run(config, mesh, num_steps)
-  flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(host_params(state))[0]}
-  np.savez(out_path, losses=np.array([[m[k] for k in sorted(m)] for m in history]),
-           devices=np.array([jax.device_count(), jax.local_device_count()]), **flat)
+  flat = {
+    jax.tree_util.keystr(p): v
+    for p, v in jax.tree_util.tree_flatten_with_path(host_params(state))[0]
+  }
+  np.savez(
+    out_path,
+    losses=np.array([[m[k] for k in sorted(m)] for m in history]),
+    devices=np.array([jax.device_count(), jax.local_device_count()]),
+    **flat,
+  )
   jax.distributed.shutdown()
 
 

@@ -35,18 +35,26 @@ def peak_memory() -> dict[str, Any]:
   """peak_bytes (max over local devices, or the process's peak RSS where devices report none)."""
   stats = [d.memory_stats() for d in jax.local_devices()]
   if all(s and "peak_bytes_in_use" in s for s in stats):
-    return dict(peak_bytes=max(s["peak_bytes_in_use"] for s in stats),
-                peak_bytes_source="device memory_stats peak_bytes_in_use (max over devices)")
-  return dict(peak_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-              peak_bytes_source="process peak RSS")
+    return dict(
+      peak_bytes=max(s["peak_bytes_in_use"] for s in stats),
+      peak_bytes_source="device memory_stats peak_bytes_in_use (max over devices)",
+    )
+  return dict(
+    peak_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    peak_bytes_source="process peak RSS",
+  )
 
 
 def run_fields() -> dict[str, Any]:
   """Where a run happened (the first fields of every report)."""
   device = jax.devices()[0]
-  return dict(platform=device.platform, device_kind=device.device_kind,
-              num_devices=jax.device_count(), num_processes=jax.process_count(),
-              jax=jax.__version__)
+  return dict(
+    platform=device.platform,
+    device_kind=device.device_kind,
+    num_devices=jax.device_count(),
+    num_processes=jax.process_count(),
+    jax=jax.__version__,
+  )
 
 
 def xla_flops(compiled) -> float | None:
@@ -57,21 +65,31 @@ def xla_flops(compiled) -> float | None:
   return float(cost["flops"]) if cost and "flops" in cost else None
 
 
-def rates(step_s: float, items: int | None = None, flops: float | None = None,
-          peak: float | None = None) -> dict[str, Any]:
+def rates(
+  step_s: float, items: int | None = None, flops: float | None = None, peak: float | None = None
+) -> dict[str, Any]:
   """items_per_s, tflops_per_s and mfu of `step_s` seconds per call (None where unknown)."""
   out: dict[str, Any] = {}
   if items is not None:
     out.update(items=items, items_per_s=items / step_s)
   if flops is not None:
-    out.update(flops=flops, tflops_per_s=flops / step_s / 1e12,
-               mfu=flops / step_s / peak if peak else None)
+    out.update(
+      flops=flops, tflops_per_s=flops / step_s / 1e12, mfu=flops / step_s / peak if peak else None
+    )
   return out
 
 
-def measure(fn: Callable, args: tuple = (), *, repeats: int, warmup: int = 0,
-            items: int | None = None, peak: float | None = None, static: tuple = (),
-            carry: Callable | None = None) -> tuple[dict[str, Any], tuple, Any]:
+def measure(
+  fn: Callable,
+  args: tuple = (),
+  *,
+  repeats: int,
+  warmup: int = 0,
+  items: int | None = None,
+  peak: float | None = None,
+  static: tuple = (),
+  carry: Callable | None = None,
+) -> tuple[dict[str, Any], tuple, Any]:
   """Times fn(*args); returns (fields, args of the next call, output of the last call).
 
   A jax.jit function (anything with `.lower`) is first lowered and compiled for `args` (plus the
@@ -103,11 +121,11 @@ def measure(fn: Callable, args: tuple = (), *, repeats: int, warmup: int = 0,
   return fields, args, out
 
 
-def amortised(parts: list[tuple[dict[str, Any], float]], items: int | None = None,
-              peak: float | None = None) -> dict[str, Any]:
+def amortised(
+  parts: list[tuple[dict[str, Any], float]], items: int | None = None, peak: float | None = None
+) -> dict[str, Any]:
   """Weighted sum of measurements [(fields, share of iterations)]: step_s, flops and rates."""
   step_s = sum(m["step_s"] * w for m, w in parts)
   flops = [m.get("flops") for m, _ in parts]
   total = None if None in flops else sum(f * w for f, (_, w) in zip(flops, parts))
   return dict(step_s=step_s, **rates(step_s, items, total, peak))
-

@@ -35,22 +35,26 @@ class ClipIndex:
   def __init__(self, lengths, num_frames, frame_stride=1, clip_hop=1):
     if num_frames < 1 or frame_stride < 1 or clip_hop < 1:
       raise ValueError(
-          f"num_frames, frame_stride and clip_hop must be >= 1, got {num_frames}, {frame_stride}, {clip_hop}")
+        f"num_frames, frame_stride and clip_hop must be >= 1, got {num_frames}, {frame_stride}, {clip_hop}"
+      )
     self.lengths = np.asarray(lengths, np.int64)
     self.num_frames = int(num_frames)
     self.frame_stride = int(frame_stride)
     self.clip_hop = int(clip_hop)
     self.span = (self.num_frames - 1) * self.frame_stride + 1
-    self.counts = np.where(self.lengths >= self.span, (self.lengths - self.span) // self.clip_hop + 1, 0)
+    self.counts = np.where(
+      self.lengths >= self.span, (self.lengths - self.span) // self.clip_hop + 1, 0
+    )
     self.ends = np.cumsum(self.counts)
     self.num_clips = int(self.ends[-1]) if len(self.ends) else 0
     self.valid_videos = np.nonzero(self.counts)[0]
     if self.num_clips == 0:
       longest = int(self.lengths.max()) if len(self.lengths) else 0
       raise ValueError(
-          f"No video has the {self.span} frames that one clip of num_frames={num_frames} with "
-          f"frame_stride={frame_stride} needs (longest video: {longest} frames). Use fewer frames "
-          "or a smaller stride, or prepare longer videos.")
+        f"No video has the {self.span} frames that one clip of num_frames={num_frames} with "
+        f"frame_stride={frame_stride} needs (longest video: {longest} frames). Use fewer frames "
+        "or a smaller stride, or prepare longer videos."
+      )
 
   def clip(self, clip_ids):
     """Global clip ids -> (video index, start frame)."""
@@ -87,9 +91,13 @@ def sample_pair_times(rng, n, num_frames):
 
 def _process_slice(global_batch_size, process_index, process_count):
   if process_count < 1 or not 0 <= process_index < process_count:
-    raise ValueError(f"Need 0 <= process_index < process_count, got {process_index}, {process_count}.")
+    raise ValueError(
+      f"Need 0 <= process_index < process_count, got {process_index}, {process_count}."
+    )
   if global_batch_size % process_count:
-    raise ValueError(f"Global batch {global_batch_size} is not divisible by {process_count} processes.")
+    raise ValueError(
+      f"Global batch {global_batch_size} is not divisible by {process_count} processes."
+    )
   per_process = global_batch_size // process_count
   return slice(process_index * per_process, (process_index + 1) * per_process)
 
@@ -97,15 +105,25 @@ def _process_slice(global_batch_size, process_index, process_count):
 @dataclasses.dataclass
 class TrainPlan:
   """What one process loads for one training step (B = per-process batch)."""
-  video: np.ndarray        # int64 [B] video index
-  frames: np.ndarray       # int64 [B, 2] source frame indices (t_lo, t_hi)
-  times: np.ndarray        # float32 [B, 2] (f_lo, f_hi)/(T − 1) in [0, 1]
-  delta_t: np.ndarray      # float32 [B]
-  flip: np.ndarray         # bool [B]
+
+  video: np.ndarray  # int64 [B] video index
+  frames: np.ndarray  # int64 [B, 2] source frame indices (t_lo, t_hi)
+  times: np.ndarray  # float32 [B, 2] (f_lo, f_hi)/(T − 1) in [0, 1]
+  delta_t: np.ndarray  # float32 [B]
+  flip: np.ndarray  # bool [B]
 
 
-def train_plan(index, *, seed, step, batch_size_per_process, process_index=0, process_count=1,
-               policy="clips", random_flip=True):
+def train_plan(
+  index,
+  *,
+  seed,
+  step,
+  batch_size_per_process,
+  process_index=0,
+  process_count=1,
+  policy="clips",
+  random_flip=True,
+):
   """The frame pairs of `step` for one process; a pure function of its arguments."""
   global_batch = batch_size_per_process * process_count
   local = _process_slice(global_batch, process_index, process_count)
@@ -114,8 +132,13 @@ def train_plan(index, *, seed, step, batch_size_per_process, process_index=0, pr
   pair, delta_t = sample_pair_times(rng, global_batch, index.num_frames)
   flip = rng.random(global_batch) < 0.5 if random_flip else np.zeros(global_batch, bool)
   times = (pair / max(index.num_frames - 1, 1)).astype(np.float32)
-  return TrainPlan(video=video[local], frames=index.frame_indices(start, pair)[local],
-                   times=times[local], delta_t=delta_t[local], flip=flip[local])
+  return TrainPlan(
+    video=video[local],
+    frames=index.frame_indices(start, pair)[local],
+    times=times[local],
+    delta_t=delta_t[local],
+    flip=flip[local],
+  )
 
 
 def eval_clips(index, *, num_clips=None, seed=0, policy="clips"):
@@ -135,7 +158,9 @@ def eval_clips(index, *, num_clips=None, seed=0, policy="clips"):
     return index.clip(ids)
   if policy == "videos":
     repeats = -(-num_clips // len(index.valid_videos))
-    video = np.concatenate([rng.permutation(index.valid_videos) for _ in range(repeats)])[:num_clips]
+    video = np.concatenate([rng.permutation(index.valid_videos) for _ in range(repeats)])[
+      :num_clips
+    ]
     start = np.floor(rng.random(num_clips) * index.counts[video]).astype(np.int64) * index.clip_hop
     return video, start
   raise ValueError(f"Unknown clip sampling policy {policy!r}; use one of {POLICIES}.")
@@ -143,12 +168,14 @@ def eval_clips(index, *, num_clips=None, seed=0, policy="clips"):
 
 @dataclasses.dataclass
 class EvalBatchPlan:
-  video: np.ndarray    # int64 [B]
-  frames: np.ndarray   # int64 [B, T]
-  valid: np.ndarray    # bool [B]; False on the padding of the last global batch
+  video: np.ndarray  # int64 [B]
+  frames: np.ndarray  # int64 [B, T]
+  valid: np.ndarray  # bool [B]; False on the padding of the last global batch
 
 
-def eval_batches(index, videos, starts, *, batch_size_per_process, process_index=0, process_count=1):
+def eval_batches(
+  index, videos, starts, *, batch_size_per_process, process_index=0, process_count=1
+):
   """Splits an ordered clip list into global batches (the last one padded, `valid` False) and returns
   this process's share of each; every process gets the same number of batches."""
   global_batch = batch_size_per_process * process_count
@@ -161,6 +188,11 @@ def eval_batches(index, videos, starts, *, batch_size_per_process, process_index
     ids = np.arange(b * global_batch, (b + 1) * global_batch)
     valid = ids < n
     ids = np.where(valid, ids, n - 1)[local]
-    plans.append(EvalBatchPlan(video=videos[ids], frames=index.frame_indices(starts[ids], clip_positions),
-                               valid=valid[local]))
+    plans.append(
+      EvalBatchPlan(
+        video=videos[ids],
+        frames=index.frame_indices(starts[ids], clip_positions),
+        valid=valid[local],
+      )
+    )
   return plans

@@ -29,7 +29,7 @@ def center_crop_square(frame):
   side = min(height, width)
   top = (height - side) // 2
   left = (width - side) // 2
-  return frame[top:top + side, left:left + side]
+  return frame[top : top + side, left : left + side]
 
 
 @functools.lru_cache(maxsize=64)

@@ -36,12 +36,17 @@ def _to_float(frames):
 
 def _tf_decode(tf, encoded, stored_resolution, resolution):
   """Encoded [k] strings -> float32 [k, R, R, 3] in [0, 255] (decoding only these k frames)."""
+
   def decode_one(data):
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
     image.set_shape([stored_resolution, stored_resolution, 3])
     return image
-  frames = tf.map_fn(decode_one, encoded, fn_output_signature=tf.TensorSpec(
-      [stored_resolution, stored_resolution, 3], tf.uint8))
+
+  frames = tf.map_fn(
+    decode_one,
+    encoded,
+    fn_output_signature=tf.TensorSpec([stored_resolution, stored_resolution, 3], tf.uint8),
+  )
   frames = tf.cast(frames, tf.float32)
   if resolution != stored_resolution:
     frames = tf.image.resize(frames, [resolution, resolution], method="bilinear", antialias=False)
@@ -64,9 +69,25 @@ def _batched_numpy(tf, indices, fetch, decode, batch_size, prefetch):
   return _tf_options(tf, ds).prefetch(prefetch).as_numpy_iterator()
 
 
-def make_train_iterator(data_dir, name, split, batch_size_per_process, num_frames=16, resolution=None,
-                        seed=0, start_step=0, process_index=0, process_count=1, *, frame_stride=1,
-                        clip_hop=1, policy="clips", random_flip=True, prefetch=2, dataset=None):
+def make_train_iterator(
+  data_dir,
+  name,
+  split,
+  batch_size_per_process,
+  num_frames=16,
+  resolution=None,
+  seed=0,
+  start_step=0,
+  process_index=0,
+  process_count=1,
+  *,
+  frame_stride=1,
+  clip_hop=1,
+  policy="clips",
+  random_flip=True,
+  prefetch=2,
+  dataset=None,
+):
   """Training frame pairs from a prepared dataset; batch k of the iterator is step start_step + k.
 
   Args:
@@ -97,14 +118,22 @@ def make_train_iterator(data_dir, name, split, batch_size_per_process, num_frame
 
   def load_step(step):
     plan = clip_plans.train_plan(
-        index, seed=seed, step=int(step), batch_size_per_process=batch_size_per_process,
-        process_index=process_index, process_count=process_count, policy=policy, random_flip=random_flip)
+      index,
+      seed=seed,
+      step=int(step),
+      batch_size_per_process=batch_size_per_process,
+      process_index=process_index,
+      process_count=process_count,
+      policy=policy,
+      random_flip=random_flip,
+    )
     encoded = dataset.fetch(plan.video, plan.frames)
     return encoded, plan.times, plan.delta_t, plan.flip, dataset.labels[plan.video]
 
   def fetch(step):
     encoded, times, delta_t, flip, label = tf.numpy_function(
-        load_step, [step], [tf.string, tf.float32, tf.float32, tf.bool, tf.int32])
+      load_step, [step], [tf.string, tf.float32, tf.float32, tf.bool, tf.int32]
+    )
     batch = batch_size_per_process
     encoded.set_shape([batch, 2])
     times.set_shape([batch, 2])
@@ -119,13 +148,30 @@ def make_train_iterator(data_dir, name, split, batch_size_per_process, num_frame
     example["frames"] = frames / 127.5 - 1.0
     return example
 
-  return _batched_numpy(tf, tf.data.Dataset.range(start_step, 2**62), fetch, decode,
-                        batch_size_per_process, prefetch)
+  return _batched_numpy(
+    tf, tf.data.Dataset.range(start_step, 2**62), fetch, decode, batch_size_per_process, prefetch
+  )
 
 
-def make_eval_iterator(data_dir, name, split, batch_size_per_process, num_frames=16, resolution=None,
-                       seed=0, process_index=0, process_count=1, *, frame_stride=1, clip_hop=None,
-                       num_clips=None, policy="clips", dtype="float32", prefetch=2, dataset=None):
+def make_eval_iterator(
+  data_dir,
+  name,
+  split,
+  batch_size_per_process,
+  num_frames=16,
+  resolution=None,
+  seed=0,
+  process_index=0,
+  process_count=1,
+  *,
+  frame_stride=1,
+  clip_hop=None,
+  num_clips=None,
+  policy="clips",
+  dtype="float32",
+  prefetch=2,
+  dataset=None,
+):
   """Whole evaluation clips (any length and stride), one pass, no flips.
 
   num_clips=None: every window of the split in order, `clip_hop` apart (default: the clip span, i.e.
@@ -141,8 +187,14 @@ def make_eval_iterator(data_dir, name, split, batch_size_per_process, num_frames
   span = (num_frames - 1) * frame_stride + 1
   index = clip_plans.ClipIndex(dataset.lengths, num_frames, frame_stride, clip_hop or span)
   videos, starts = clip_plans.eval_clips(index, num_clips=num_clips, seed=seed, policy=policy)
-  plans = clip_plans.eval_batches(index, videos, starts, batch_size_per_process=batch_size_per_process,
-                                process_index=process_index, process_count=process_count)
+  plans = clip_plans.eval_batches(
+    index,
+    videos,
+    starts,
+    batch_size_per_process=batch_size_per_process,
+    process_index=process_index,
+    process_count=process_count,
+  )
   stored = dataset.resolution
   resolution = resolution or stored
 
@@ -167,8 +219,9 @@ def make_eval_iterator(data_dir, name, split, batch_size_per_process, num_frames
 
   if dtype not in ("float32", "uint8"):
     raise ValueError(f"dtype must be 'float32' or 'uint8', got {dtype!r}")
-  return _batched_numpy(tf, tf.data.Dataset.range(len(plans)), fetch, decode,
-                        batch_size_per_process, prefetch)
+  return _batched_numpy(
+    tf, tf.data.Dataset.range(len(plans)), fetch, decode, batch_size_per_process, prefetch
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,7 +231,9 @@ def make_eval_iterator(data_dir, name, split, batch_size_per_process, num_frames
 def _finish_numpy(frames, resolution, flip=None):
   """uint8 [B, k, H, W, 3] -> float32 [-1, 1] at `resolution`, flipped where `flip`."""
   if frames.shape[2] != frames.shape[3]:
-    frames = np.stack([np.stack([image_ops.center_crop_square(f) for f in clip]) for clip in frames])
+    frames = np.stack(
+      [np.stack([image_ops.center_crop_square(f) for f in clip]) for clip in frames]
+    )
   if resolution is not None and frames.shape[2] != resolution:
     frames = image_ops.resize_bilinear(frames, resolution)
   if flip is not None:
@@ -186,9 +241,22 @@ def _finish_numpy(frames, resolution, flip=None):
   return _to_float(frames)
 
 
-def make_numpy_train_iterator(videos, labels, batch_size_per_process, num_frames=16, resolution=None,
-                              seed=0, start_step=0, process_index=0, process_count=1, *, frame_stride=1,
-                              clip_hop=1, policy="clips", random_flip=True):
+def make_numpy_train_iterator(
+  videos,
+  labels,
+  batch_size_per_process,
+  num_frames=16,
+  resolution=None,
+  seed=0,
+  start_step=0,
+  process_index=0,
+  process_count=1,
+  *,
+  frame_stride=1,
+  clip_hop=1,
+  policy="clips",
+  random_flip=True,
+):
   """The training iterator of `make_train_iterator` over in-memory uint8 videos [L_i, H, W, 3].
 
   Given the same videos (in dataset order) and arguments, it yields the same batches as the tf.data
@@ -199,24 +267,54 @@ def make_numpy_train_iterator(videos, labels, batch_size_per_process, num_frames
   index = clip_plans.ClipIndex(lengths, num_frames, frame_stride, clip_hop)
   for step in itertools.count(start_step):
     plan = clip_plans.train_plan(
-        index, seed=seed, step=step, batch_size_per_process=batch_size_per_process,
-        process_index=process_index, process_count=process_count, policy=policy, random_flip=random_flip)
+      index,
+      seed=seed,
+      step=step,
+      batch_size_per_process=batch_size_per_process,
+      process_index=process_index,
+      process_count=process_count,
+      policy=policy,
+      random_flip=random_flip,
+    )
     frames = np.stack([videos[v][f] for v, f in zip(plan.video, plan.frames)])
-    yield {"frames": _finish_numpy(frames, resolution, plan.flip), "times": plan.times,
-           "delta_t": plan.delta_t, "label": labels[plan.video]}
+    yield {
+      "frames": _finish_numpy(frames, resolution, plan.flip),
+      "times": plan.times,
+      "delta_t": plan.delta_t,
+      "label": labels[plan.video],
+    }
 
 
-def make_numpy_eval_iterator(videos, labels, batch_size_per_process, num_frames=16, resolution=None,
-                             seed=0, process_index=0, process_count=1, *, frame_stride=1, clip_hop=None,
-                             num_clips=None, policy="clips", dtype="float32"):
+def make_numpy_eval_iterator(
+  videos,
+  labels,
+  batch_size_per_process,
+  num_frames=16,
+  resolution=None,
+  seed=0,
+  process_index=0,
+  process_count=1,
+  *,
+  frame_stride=1,
+  clip_hop=None,
+  num_clips=None,
+  policy="clips",
+  dtype="float32",
+):
   """The evaluation iterator of `make_eval_iterator` over in-memory uint8 videos."""
   lengths = np.array([len(v) for v in videos])
   labels = np.asarray(labels, np.int32)
   span = (num_frames - 1) * frame_stride + 1
   index = clip_plans.ClipIndex(lengths, num_frames, frame_stride, clip_hop or span)
   clip_videos, starts = clip_plans.eval_clips(index, num_clips=num_clips, seed=seed, policy=policy)
-  for plan in clip_plans.eval_batches(index, clip_videos, starts, batch_size_per_process=batch_size_per_process,
-                                    process_index=process_index, process_count=process_count):
+  for plan in clip_plans.eval_batches(
+    index,
+    clip_videos,
+    starts,
+    batch_size_per_process=batch_size_per_process,
+    process_index=process_index,
+    process_count=process_count,
+  ):
     frames = np.stack([videos[v][f] for v, f in zip(plan.video, plan.frames)])
     if dtype == "uint8":
       if resolution is not None and frames.shape[2] != resolution:
@@ -227,9 +325,20 @@ def make_numpy_eval_iterator(videos, labels, batch_size_per_process, num_frames=
     yield {"video": video, "label": labels[plan.video], "valid": plan.valid}
 
 
-def make_synthetic_train_iterator(num_videos, resolution, batch_size_per_process, num_frames=16,
-                                  seed=0, start_step=0, process_index=0, process_count=1, *,
-                                  video_lengths=(24, 48), data_seed=0, **kwargs):
+def make_synthetic_train_iterator(
+  num_videos,
+  resolution,
+  batch_size_per_process,
+  num_frames=16,
+  seed=0,
+  start_step=0,
+  process_index=0,
+  process_count=1,
+  *,
+  video_lengths=(24, 48),
+  data_seed=0,
+  **kwargs,
+):
   """Training pairs from synthetic videos generated in memory (the benchmark path without TF).
 
   Same videos as the TFDS train split of synthetic_videos/r<resolution>_n<num_videos> (data_seed is
@@ -239,5 +348,14 @@ def make_synthetic_train_iterator(num_videos, resolution, batch_size_per_process
 
   data = synthetic_videos.generate(num_videos, resolution, video_lengths, data_seed)
   return make_numpy_train_iterator(
-      data.videos, data.labels, batch_size_per_process, num_frames, resolution, seed, start_step,
-      process_index, process_count, **kwargs)
+    data.videos,
+    data.labels,
+    batch_size_per_process,
+    num_frames,
+    resolution,
+    seed,
+    start_step,
+    process_index,
+    process_count,
+    **kwargs,
+  )

@@ -22,12 +22,35 @@ RECIPES = ("ucf101", "taichi", "sky", "kinetics_food", "synthetic_videos")
 
 # Kinetics-600 classes of the official Kinetics-food subset (DIGAN's prepare_data/{train,val}.txt).
 KINETICS_FOOD_CLASSES = (
-    "baking cookies", "barbequing", "breading or breadcrumbing", "cooking egg", "cooking on campfire",
-    "cooking sausages (not on barbeque)", "cooking scallops", "cutting apple", "cutting nails",
-    "cutting orange", "cutting pineapple", "cutting watermelon", "flipping pancake",
-    "chopping vegetables", "frying vegetables", "chopping meat", "grinding meat", "making a cake",
-    "eating cake", "making a sandwich", "making pizza", "making sushi", "making tea", "peeling apples",
-    "peeling potatoes", "picking fruit", "scrambling eggs", "separating eggs", "preparing salad",
+  "baking cookies",
+  "barbequing",
+  "breading or breadcrumbing",
+  "cooking egg",
+  "cooking on campfire",
+  "cooking sausages (not on barbeque)",
+  "cooking scallops",
+  "cutting apple",
+  "cutting nails",
+  "cutting orange",
+  "cutting pineapple",
+  "cutting watermelon",
+  "flipping pancake",
+  "chopping vegetables",
+  "frying vegetables",
+  "chopping meat",
+  "grinding meat",
+  "making a cake",
+  "eating cake",
+  "making a sandwich",
+  "making pizza",
+  "making sushi",
+  "making tea",
+  "peeling apples",
+  "peeling potatoes",
+  "picking fruit",
+  "scrambling eggs",
+  "separating eggs",
+  "preparing salad",
 )
 
 
@@ -46,6 +69,7 @@ class Source:
 @dataclasses.dataclass
 class Plan:
   """Everything a build needs to know about its inputs."""
+
   sources: list
   class_names: list
   splits: list
@@ -83,7 +107,9 @@ def parse_splits(spec):
   for item in spec.split(","):
     split, _, folder = item.strip().partition(":")
     if not split or not split.replace("_", "").isalnum():
-      raise SourceError(f"Bad --splits entry {item!r}: use NAME or NAME:SUBFOLDER, e.g. train:sky_train")
+      raise SourceError(
+        f"Bad --splits entry {item!r}: use NAME or NAME:SUBFOLDER, e.g. train:sky_train"
+      )
     splits[split] = folder or split
   return splits
 
@@ -97,14 +123,18 @@ def layout_plan(input_dir, layout="files", splits=None):
   split_dirs = parse_splits(splits)
   for split, folder in split_dirs.items():
     if not os.path.isdir(os.path.join(input_dir, folder)):
-      raise SourceError(f"Split {split!r} expects the folder {os.path.join(input_dir, folder)!r}, which "
-                        "does not exist (check --splits).")
+      raise SourceError(
+        f"Split {split!r} expects the folder {os.path.join(input_dir, folder)!r}, which "
+        "does not exist (check --splits)."
+      )
   class_names = ["video"]
   if layout == "class_folders":
     names = set()
     for folder in split_dirs.values():
       root = os.path.join(input_dir, folder)
-      names.update(d for d in os.listdir(root) if _visible(d) and os.path.isdir(os.path.join(root, d)))
+      names.update(
+        d for d in os.listdir(root) if _visible(d) and os.path.isdir(os.path.join(root, d))
+      )
     if not names:
       raise SourceError(f"--layout=class_folders found no class folders in {input_dir!r}.")
     class_names = sorted(names)
@@ -114,8 +144,10 @@ def layout_plan(input_dir, layout="files", splits=None):
     if layout == "files":
       folders = _frame_folders(root)
       inside = set(folders)
-      paths = sorted([(p, 0) for p in _walk_files(root) if os.path.dirname(p) not in inside] +
-                     [(p, 0) for p in folders])
+      paths = sorted(
+        [(p, 0) for p in _walk_files(root) if os.path.dirname(p) not in inside]
+        + [(p, 0) for p in folders]
+      )
     elif layout == "class_folders":
       paths = []
       for label, name in enumerate(class_names):
@@ -142,18 +174,29 @@ def ucf101_plan(input_dir, fold=1):
   the paper's main "train+test" setting is split='train+test' at load time. Labels: the 101 class
   folders in sorted order.
   """
-  how = ("Download UCF101.rar and UCF101TrainTestSplits-RecognitionTask.zip from "
-         "https://www.crcv.ucf.edu/data/UCF101.php and extract both into the --input folder, so that "
-         "INPUT/UCF-101/<Class>/v_*.avi and INPUT/ucfTrainTestlist/trainlist01.txt exist.")
+  how = (
+    "Download UCF101.rar and UCF101TrainTestSplits-RecognitionTask.zip from "
+    "https://www.crcv.ucf.edu/data/UCF101.php and extract both into the --input folder, so that "
+    "INPUT/UCF-101/<Class>/v_*.avi and INPUT/ucfTrainTestlist/trainlist01.txt exist."
+  )
   if not os.path.isdir(input_dir):
     raise SourceError(f"UCF-101 source folder {input_dir!r} does not exist. {how}")
-  video_root = _first_dir([os.path.join(input_dir, d) for d in ("UCF-101", "UCF101", "train")] + [input_dir])
-  list_dir = _first_dir([os.path.join(input_dir, "ucfTrainTestlist"), os.path.join(video_root, "ucfTrainTestlist")])
-  class_names = sorted(d for d in os.listdir(video_root)
-                       if _visible(d) and d != "ucfTrainTestlist" and os.path.isdir(os.path.join(video_root, d)))
+  video_root = _first_dir(
+    [os.path.join(input_dir, d) for d in ("UCF-101", "UCF101", "train")] + [input_dir]
+  )
+  list_dir = _first_dir(
+    [os.path.join(input_dir, "ucfTrainTestlist"), os.path.join(video_root, "ucfTrainTestlist")]
+  )
+  class_names = sorted(
+    d
+    for d in os.listdir(video_root)
+    if _visible(d) and d != "ucfTrainTestlist" and os.path.isdir(os.path.join(video_root, d))
+  )
   if list_dir is None or not class_names:
-    raise SourceError(f"{input_dir!r} does not look like UCF-101 (class folders: {len(class_names)}, "
-                      f"ucfTrainTestlist: {'found' if list_dir else 'missing'}). {how}")
+    raise SourceError(
+      f"{input_dir!r} does not look like UCF-101 (class folders: {len(class_names)}, "
+      f"ucfTrainTestlist: {'found' if list_dir else 'missing'}). {how}"
+    )
   notes = []
   if len(class_names) != 101:
     notes.append(f"expected 101 class folders, found {len(class_names)}")
@@ -176,8 +219,13 @@ def ucf101_plan(input_dir, fold=1):
           # The official lists and folders disagree in case for a few classes (HandStandPushups).
           path = os.path.join(video_root, class_names[label], file_name)
         sources.append(Source(path, split, label if label is not None else 0, rel))
-  return Plan(sources=sources, class_names=class_names, splits=["train", "test"], notes=notes,
-              settings={"resize_method": "bilinear"})
+  return Plan(
+    sources=sources,
+    class_names=class_names,
+    splits=["train", "test"],
+    notes=notes,
+    settings={"resize_method": "bilinear"},
+  )
 
 
 def _split_folders_plan(input_dir, split_candidates, dataset, how):
@@ -204,29 +252,39 @@ def _split_folders_plan(input_dir, split_candidates, dataset, how):
 def taichi_plan(input_dir):
   """TaiChi-HD as made by the first-order-model scripts: train/ and test/ of frame folders or mp4.
   DIGAN trains on all of it with stride-4 clips: load split='train+test', frame_stride=4."""
-  how = ("Create it with the first-order-model TaiChi-HD scripts (github.com/AliaksandrSiarohin/"
-         "first-order-model, data/taichi-loading, `python load_videos.py --out_folder INPUT "
-         "--format .png`), so that INPUT/train/<video>/*.png and INPUT/test/<video>/*.png exist.")
+  how = (
+    "Create it with the first-order-model TaiChi-HD scripts (github.com/AliaksandrSiarohin/"
+    "first-order-model, data/taichi-loading, `python load_videos.py --out_folder INPUT "
+    "--format .png`), so that INPUT/train/<video>/*.png and INPUT/test/<video>/*.png exist."
+  )
   return _split_folders_plan(input_dir, {"train": ("train",), "test": ("test",)}, "TaiChi-HD", how)
 
 
 def sky_plan(input_dir):
   """Sky Time-lapse (MDGAN frames): sky_train/ -> 'train', sky_test/ -> 'test' (or train/, test/ or
   val/); every folder of frames is one video."""
-  how = ("Download sky_timelapse.zip from the MDGAN project (github.com/weixiong-ur/mdgan, "
-         "'Sky Timelapse' dataset link) and extract it so that INPUT/sky_train/<video>/<clip>/*.jpg and "
-         "INPUT/sky_test/... exist.")
+  how = (
+    "Download sky_timelapse.zip from the MDGAN project (github.com/weixiong-ur/mdgan, "
+    "'Sky Timelapse' dataset link) and extract it so that INPUT/sky_train/<video>/<clip>/*.jpg and "
+    "INPUT/sky_test/... exist."
+  )
   return _split_folders_plan(
-      input_dir, {"train": ("sky_train", "train"), "test": ("sky_test", "test", "val")}, "Sky Time-lapse", how)
+    input_dir,
+    {"train": ("sky_train", "train"), "test": ("sky_test", "test", "val")},
+    "Sky Time-lapse",
+    how,
+  )
 
 
 def kinetics_food_plan(input_dir):
   """Kinetics-food: the 29 food classes of Kinetics-600; INPUT/{train,val}/<class>/*.mp4 (also accepts
   train_vid/ and val_vid/ and class folders with '_' for spaces). val -> split 'test'. Resize is
   PIL Lanczos, as the official preprocessing."""
-  how = ("Download the Kinetics-600 train and validation videos of the 29 food classes listed in "
-         "digan_jax/data/DATASETS.md (e.g. with the kinetics-dataset download scripts) and place them as "
-         "INPUT/train/<class name>/*.mp4 and INPUT/val/<class name>/*.mp4.")
+  how = (
+    "Download the Kinetics-600 train and validation videos of the 29 food classes listed in "
+    "digan_jax/data/DATASETS.md (e.g. with the kinetics-dataset download scripts) and place them as "
+    "INPUT/train/<class name>/*.mp4 and INPUT/val/<class name>/*.mp4."
+  )
   if not os.path.isdir(input_dir):
     raise SourceError(f"Kinetics-food source folder {input_dir!r} does not exist. {how}")
   wanted = {c.replace("_", " ").lower(): i for i, c in enumerate(KINETICS_FOOD_CLASSES)}
@@ -244,13 +302,20 @@ def kinetics_food_plan(input_dir):
       present.add(label)
       for path in _walk_files(os.path.join(root, folder)):
         sources.append(Source(path, split, label, os.path.relpath(path, input_dir)))
-    missing = [KINETICS_FOOD_CLASSES[i] for i in range(len(KINETICS_FOOD_CLASSES)) if i not in present]
+    missing = [
+      KINETICS_FOOD_CLASSES[i] for i in range(len(KINETICS_FOOD_CLASSES)) if i not in present
+    ]
     if missing:
       notes.append(f"{split}: {len(missing)} food classes missing: {', '.join(missing)}")
   if not sources:
     raise SourceError(f"No Kinetics-food class folders under {input_dir!r}. {how}")
-  return Plan(sources=sources, class_names=list(KINETICS_FOOD_CLASSES), splits=splits, notes=notes,
-              settings={"resize_method": "lanczos"})
+  return Plan(
+    sources=sources,
+    class_names=list(KINETICS_FOOD_CLASSES),
+    splits=splits,
+    notes=notes,
+    settings={"resize_method": "lanczos"},
+  )
 
 
 def recipe_plan(recipe, input_dir, fold=1):

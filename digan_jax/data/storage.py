@@ -39,8 +39,11 @@ def find_dataset_dir(data_dir, name) -> str:
   root = fileio.as_path(data_dir) / name
   versions = []
   if root.is_dir():
-    versions = [v.name for v in root.iterdir()
-                if _VERSION_DIR.match(v.name) and (v / "dataset_info.json").exists()]
+    versions = [
+      v.name
+      for v in root.iterdir()
+      if _VERSION_DIR.match(v.name) and (v / "dataset_info.json").exists()
+    ]
   if not versions:
     available = []
     top = fileio.as_path(data_dir)
@@ -48,13 +51,17 @@ def find_dataset_dir(data_dir, name) -> str:
       for info in fileio.list_files(top):
         if info.name == "dataset_info.json":
           available.append(os.fspath(info.parent.parent.relative_to(top)))
-    hint = (f"Build it with: python -m digan_jax.data.prepare --recipe=synthetic_videos "
-            f"--output={data_dir} --resolution=R [--num_videos=N] (config names: r<R>[_n<N>]...; "
-            "see builders/synthetic_videos.py)" if name.startswith("synthetic_videos") else
-            f"Prepare it with: python -m digan_jax.data.prepare --input=VIDEOS --output={data_dir} "
-            f"--name={name} --resolution=R (see digan_jax/data/DATASETS.md)")
+    hint = (
+      f"Build it with: python -m digan_jax.data.prepare --recipe=synthetic_videos "
+      f"--output={data_dir} --resolution=R [--num_videos=N] (config names: r<R>[_n<N>]...; "
+      "see builders/synthetic_videos.py)"
+      if name.startswith("synthetic_videos")
+      else f"Prepare it with: python -m digan_jax.data.prepare --input=VIDEOS --output={data_dir} "
+      f"--name={name} --resolution=R (see digan_jax/data/DATASETS.md)"
+    )
     raise DatasetNotFoundError(
-        f"No prepared dataset {name!r} in data dir {data_dir!r} (found: {sorted(available) or 'none'}). {hint}")
+      f"No prepared dataset {name!r} in data dir {data_dir!r} (found: {sorted(available) or 'none'}). {hint}"
+    )
   return os.fspath(root / max(versions, key=_version_key))
 
 
@@ -68,7 +75,9 @@ def local_copy(dataset_dir) -> str:
   """
   if not fileio.is_remote(dataset_dir):
     return os.fspath(dataset_dir)
-  cache = os.environ.get("DIGAN_DATA_CACHE") or os.path.join(tempfile.gettempdir(), "digan_data_cache")
+  cache = os.environ.get("DIGAN_DATA_CACHE") or os.path.join(
+    tempfile.gettempdir(), "digan_data_cache"
+  )
   digest = hashlib.sha256(os.fspath(dataset_dir).encode()).hexdigest()[:16]
   final = os.path.join(cache, f"{os.path.basename(os.fspath(dataset_dir))}-{digest}")
   if os.path.isfile(os.path.join(final, "dataset_info.json")):
@@ -93,6 +102,7 @@ def video_index_path(dataset_dir, split):
 
 def _parse_example(record):
   from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
+
   return example_pb2.Example.FromString(record).features.feature
 
 
@@ -133,14 +143,17 @@ class VideoDataset:
     file_format = info.get("fileFormat", "tfrecord")
     if file_format != "array_record":
       raise ValueError(
-          f"Dataset {self.dataset_dir} is stored as {file_format}; the pipeline needs random access. "
-          "Rebuild it with this project's prepare CLI (it writes array_record).")
+        f"Dataset {self.dataset_dir} is stored as {file_format}; the pipeline needs random access. "
+        "Rebuild it with this project's prepare CLI (it writes array_record)."
+      )
     splits = {s["name"]: s for s in info.get("splits", [])}
     files, lengths, labels = [], [], []
     for part in split.split("+"):
       if part not in splits:
-        raise ValueError(f"Dataset {name!r} has no split {part!r}; available: {sorted(splits)} "
-                         "(join splits with '+', e.g. 'train+test').")
+        raise ValueError(
+          f"Dataset {name!r} has no split {part!r}; available: {sorted(splits)} "
+          "(join splits with '+', e.g. 'train+test')."
+        )
       part_files = self.split_files(self.local_dir, part, info)
       index_path = video_index_path(self.local_dir, part)
       if os.path.isfile(index_path):
@@ -158,7 +171,9 @@ class VideoDataset:
     self.labels = np.concatenate(labels).astype(np.int32)
     self._files = files
     self._source = None
-    frames = self._features_json["featuresDict"]["features"]["frames"]["sequence"]["feature"]["image"]
+    frames = self._features_json["featuresDict"]["features"]["frames"]["sequence"]["feature"][
+      "image"
+    ]
     self.resolution = int(frames["shape"]["dimensions"][0])
     self.image_format = frames.get("encodingFormat", "png")
     label = self._features_json["featuresDict"]["features"]["label"]["classLabel"]
@@ -173,8 +188,10 @@ class VideoDataset:
     entry = next(s for s in info["splits"] if s["name"] == split)
     num_shards = len(entry.get("shardLengths", []))
     file_format = info.get("fileFormat", "array_record")
-    return [os.path.join(dataset_dir, f"{info['name']}-{split}.{file_format}-{i:05d}-of-{num_shards:05d}")
-            for i in range(num_shards)]
+    return [
+      os.path.join(dataset_dir, f"{info['name']}-{split}.{file_format}-{i:05d}-of-{num_shards:05d}")
+      for i in range(num_shards)
+    ]
 
   def __len__(self):
     return len(self.lengths)
@@ -182,6 +199,7 @@ class VideoDataset:
   def _records(self, ids):
     if self._source is None:
       from array_record.python import array_record_data_source  # pylint: disable=g-import-not-at-top
+
       self._source = array_record_data_source.ArrayRecordDataSource(self._files)
     return self._source.__getitems__([int(i) for i in ids])
 

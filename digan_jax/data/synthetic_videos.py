@@ -36,6 +36,7 @@ class GeneratedVideos:
   labels: int32 [num_videos], the motion family index.
   lengths: int32 [num_videos].
   """
+
   videos: list
   labels: np.ndarray
   lengths: np.ndarray
@@ -96,7 +97,11 @@ def render_video(seed, index, resolution, length):
   # Soft edge of ~1 pixel whatever the resolution (anti-aliasing).
   edge = 2.0 / resolution
 
-  shape = SHAPES[int(rng.integers(3))] if family != "rotation" else str(rng.choice(["bar", "triangle", "square"]))
+  shape = (
+    SHAPES[int(rng.integers(3))]
+    if family != "rotation"
+    else str(rng.choice(["bar", "triangle", "square"]))
+  )
   size = rng.uniform(0.22, 0.4)
   hue = rng.uniform()
   sat = np.full_like(t, rng.uniform(0.6, 1.0))
@@ -169,8 +174,9 @@ def video_lengths(seed, num_videos, num_frames):
   if not 1 <= low <= high:
     raise ValueError(f"num_frames=(min, max) needs 1 <= min <= max, got {num_frames}")
   return np.array(
-      [np.random.default_rng([seed, i, 0x1E9]).integers(low, high + 1) for i in range(num_videos)],
-      np.int32)
+    [np.random.default_rng([seed, i, 0x1E9]).integers(low, high + 1) for i in range(num_videos)],
+    np.int32,
+  )
 
 
 def generate(num_videos, resolution=32, num_frames=(24, 48), seed=0, first_index=0):

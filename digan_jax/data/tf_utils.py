@@ -17,8 +17,9 @@ def import_tf():
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError(
-        "TensorFlow is needed for TFDS datasets and tf.data pipelines: pip install tensorflow-cpu "
-        "tensorflow-datasets (or use the in-memory NumPy pipeline for synthetic data)") from e
+      "TensorFlow is needed for TFDS datasets and tf.data pipelines: pip install tensorflow-cpu "
+      "tensorflow-datasets (or use the in-memory NumPy pipeline for synthetic data)"
+    ) from e
   if not _configured:
     try:
       tf.config.set_visible_devices([], "GPU")
@@ -31,4 +32,5 @@ def import_tf():
 def import_tfds():
   import_tf()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   return tfds

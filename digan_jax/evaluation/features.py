@@ -27,8 +27,14 @@ from digan_jax.evaluation.protocols import Protocol
 
 def _progress(total: int, desc: str, enabled: bool):
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm(total=total, desc=desc, unit="clip", leave=False,
-              disable=not enabled or jax.process_index() != 0)
+
+  return tqdm(
+    total=total,
+    desc=desc,
+    unit="clip",
+    leave=False,
+    disable=not enabled or jax.process_index() != 0,
+  )
 
 
 _I3D_VARIABLES: dict[str, Any] = {}
@@ -43,8 +49,9 @@ def i3d_variables(path=None):
 
 
 @functools.lru_cache(maxsize=16)
-def _fake_fn(generator, times: tuple, fake_uint8: str, resize: str,
-             frames_per_chunk: int | None, mesh: Mesh):
+def _fake_fn(
+  generator, times: tuple, fake_uint8: str, resize: str, frames_per_chunk: int | None, mesh: Mesh
+):
   """The jitted fake-feature graph; cached so trials and repeated calls reuse one compilation."""
   from digan_jax import sampling  # pylint: disable=g-import-not-at-top
 
@@ -55,8 +62,15 @@ def _fake_fn(generator, times: tuple, fake_uint8: str, resize: str,
     z_content = sampling.latents_at(content_seed, indices, cfg.z_dim)
     z_motion = sampling.latents_at(motion_seed, indices, cfg.motion_dim)
     labels = jax.nn.one_hot(indices % cfg.c_dim, cfg.c_dim) if cfg.c_dim else None
-    video = sampling.render(generator, g_vars, z_content, z_motion, jnp.asarray(times), labels,
-                            frames_per_chunk=frames_per_chunk)
+    video = sampling.render(
+      generator,
+      g_vars,
+      z_content,
+      z_motion,
+      jnp.asarray(times),
+      labels,
+      frames_per_chunk=frames_per_chunk,
+    )
     video = quantize.to_uint8(video, fake_uint8)
     return i3d.i3d_logits(i3d_vars, i3d.preprocess_for_i3d(video, resize))
 
@@ -67,12 +81,14 @@ def _fake_fn(generator, times: tuple, fake_uint8: str, resize: str,
 def _real_fn(resize: str, mesh: Mesh):
   def graph(i3d_vars, video_uint8):
     return i3d.i3d_logits(i3d_vars, i3d.preprocess_for_i3d(video_uint8, resize))
+
   return jax.jit(graph, out_shardings=sharding.batch_sharding(mesh, 2))
 
 
 def as_generator(generator):
   """A Generator, from itself or its GeneratorConfig."""
   from digan_jax.models.generator import Generator, GeneratorConfig  # pylint: disable=g-import-not-at-top
+
   if isinstance(generator, GeneratorConfig):
     return Generator(generator)
   if not isinstance(generator, Generator):
@@ -80,10 +96,20 @@ def as_generator(generator):
   return generator
 
 
-def fake_features(generator, g_ema_vars, protocol: Protocol, seed: int,
-                  motion_seed: int | None = None, *, num: int | None = None,
-                  mesh: Mesh | None = None, batch_size: int = 16, i3d_vars=None,
-                  frames_per_chunk: int | None = 16, progress: bool = True) -> np.ndarray:
+def fake_features(
+  generator,
+  g_ema_vars,
+  protocol: Protocol,
+  seed: int,
+  motion_seed: int | None = None,
+  *,
+  num: int | None = None,
+  mesh: Mesh | None = None,
+  batch_size: int = 16,
+  i3d_vars=None,
+  frames_per_chunk: int | None = 16,
+  progress: bool = True,
+) -> np.ndarray:
   """I3D features [num, 400] (float32) of `num` (default protocol.num_fake) generated clips.
 
   Video i uses the i-th latents of `seed` (content) and `motion_seed` (default seed + 1), the
@@ -99,8 +125,14 @@ def fake_features(generator, g_ema_vars, protocol: Protocol, seed: int,
   replicated = sharding.replicated(mesh)
   batch = sharding.padded_batch(mesh, batch_size)
   index_sharding = sharding.batch_sharding(mesh, 1)
-  fn = _fake_fn(generator, tuple(protocol.fake_times().tolist()), protocol.fake_uint8,
-                protocol.resize, frames_per_chunk, mesh)
+  fn = _fake_fn(
+    generator,
+    tuple(protocol.fake_times().tolist()),
+    protocol.fake_uint8,
+    protocol.resize,
+    frames_per_chunk,
+    mesh,
+  )
   g_vars = jax.device_put(g_ema_vars, replicated)
   i3d_vars = jax.device_put(i3d_vars, replicated)
   seeds = [jax.device_put(jnp.asarray(s, jnp.uint32), replicated) for s in (seed, motion_seed)]
@@ -108,8 +140,10 @@ def fake_features(generator, g_ema_vars, protocol: Protocol, seed: int,
   with _progress(num, f"{protocol.name} fake", progress) as bar:
     for start in range(0, num, batch):
       indices = jax.make_array_from_callback(
-          (batch,), index_sharding,
-          lambda idx, start=start: np.arange(start, start + batch, dtype=np.int32)[idx])
+        (batch,),
+        index_sharding,
+        lambda idx, start=start: np.arange(start, start + batch, dtype=np.int32)[idx],
+      )
       out.append(sharding.to_host(fn(g_vars, i3d_vars, indices, *seeds)))
       bar.update(min(batch, num - start))
   return np.concatenate(out)[:num]
@@ -119,7 +153,7 @@ def _iter_batches(clips, batch_size: int):
   """Normalises the accepted real inputs to (uint8 video [b, T, H, W, 3], valid [b]) batches."""
   if isinstance(clips, (np.ndarray, jax.Array)):
     for start in range(0, clips.shape[0], batch_size):
-      video = np.asarray(clips[start:start + batch_size])
+      video = np.asarray(clips[start : start + batch_size])
       yield video, np.ones(video.shape[0], bool)
     return
   for item in clips:
@@ -142,8 +176,16 @@ def _clips_to_uint8(video: np.ndarray) -> np.ndarray:
   raise TypeError(f"real clips must be uint8 or float in [-1, 1], got dtype {video.dtype}")
 
 
-def real_features(clips, protocol: Protocol, *, mesh: Mesh | None = None, batch_size: int = 16,
-                  i3d_vars=None, progress: bool = True, total: int | None = None) -> np.ndarray:
+def real_features(
+  clips,
+  protocol: Protocol,
+  *,
+  mesh: Mesh | None = None,
+  batch_size: int = 16,
+  i3d_vars=None,
+  progress: bool = True,
+  total: int | None = None,
+) -> np.ndarray:
   """I3D features [N, 400] (float32) of real clips, through the same graph as the fakes.
 
   clips: an array [N, T, H, W, 3] (uint8, or float in [-1, 1] as the data pipeline's default), or
@@ -161,7 +203,9 @@ def real_features(clips, protocol: Protocol, *, mesh: Mesh | None = None, batch_
   is_array = isinstance(clips, (np.ndarray, jax.Array))
   if is_array:
     total = clips.shape[0]
-    batch = sharding.padded_batch(mesh, min(batch_size, total))  # small sets need no padding to batch_size
+    batch = sharding.padded_batch(
+      mesh, min(batch_size, total)
+    )  # small sets need no padding to batch_size
   # Each process pads its rows to a multiple of its own devices (equal counts on every process).
   local_multiple = max(1, sharding.batch_devices(mesh) // jax.process_count())
   out = []
@@ -169,8 +213,10 @@ def real_features(clips, protocol: Protocol, *, mesh: Mesh | None = None, batch_
     for video, valid in _iter_batches(clips, batch if is_array else batch_size):
       video = _clips_to_uint8(video)
       if video.ndim != 5 or video.shape[1] != protocol.num_frames or video.shape[-1] != 3:
-        raise ValueError(f"real clips must be [N, {protocol.num_frames}, H, W, 3] for protocol "
-                         f"{protocol.name!r}, got a batch of shape {video.shape}")
+        raise ValueError(
+          f"real clips must be [N, {protocol.num_frames}, H, W, 3] for protocol "
+          f"{protocol.name!r}, got a batch of shape {video.shape}"
+        )
       rows = video.shape[0]
       if is_array:
         # An array is global (the same on every process): pad to the fixed batch, one compile.
@@ -185,7 +231,8 @@ def real_features(clips, protocol: Protocol, *, mesh: Mesh | None = None, batch_
         keep = valid
       else:
         arr = jax.make_array_from_process_local_data(
-            video_sharding, video, (video.shape[0] * jax.process_count(),) + video.shape[1:])
+          video_sharding, video, (video.shape[0] * jax.process_count(),) + video.shape[1:]
+        )
         keep = valid if jax.process_count() == 1 else _gather_mask(valid)
       feats = sharding.to_host(fn(i3d_vars, arr))
       out.append(feats[keep])
@@ -197,6 +244,7 @@ def real_features(clips, protocol: Protocol, *, mesh: Mesh | None = None, batch_
 
 def _gather_mask(valid: np.ndarray) -> np.ndarray:
   from jax.experimental import multihost_utils
+
   return np.asarray(multihost_utils.process_allgather(valid, tiled=True)).astype(bool)
 
 

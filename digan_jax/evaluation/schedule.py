@@ -18,14 +18,18 @@ from digan_jax.evaluation.protocols import Protocol
 class Schedule:
   """When one protocol runs: every `every_steps` steps (0: never periodically), and/or at the
   start or end of the run."""
+
   protocol: Protocol
   every_steps: int = 0
   at_start: bool = False
   at_end: bool = False
 
   def due(self, step: int, *, start: bool = False, end: bool = False) -> bool:
-    return ((start and self.at_start) or (end and self.at_end)
-            or (not start and self.every_steps > 0 and step % self.every_steps == 0))
+    return (
+      (start and self.at_start)
+      or (end and self.at_end)
+      or (not start and self.every_steps > 0 and step % self.every_steps == 0)
+    )
 
 
 def schedules(config) -> list[Schedule]:
@@ -45,19 +49,24 @@ def schedules(config) -> list[Schedule]:
     except ValueError as e:
       raise ConfigError(f"config.eval.protocol={ev.protocol!r}: {e}") from e
     if not when:
-      out.append(Schedule(protocol, int(config.eval_every_steps), bool(ev.at_start),
-                          bool(ev.at_end)))
+      out.append(
+        Schedule(protocol, int(config.eval_every_steps), bool(ev.at_start), bool(ev.at_end))
+      )
     elif when in ("start", "end"):
       out.append(Schedule(protocol, at_start=when == "start", at_end=when == "end"))
     elif when.isdigit() and int(when) > 0:
       out.append(Schedule(protocol, every_steps=int(when)))
     else:
-      raise ConfigError(f"config.eval.protocol={ev.protocol!r}: {entry!r} has cadence {when!r}; "
-                      "write NAME, NAME@<steps>, NAME@start or NAME@end")
+      raise ConfigError(
+        f"config.eval.protocol={ev.protocol!r}: {entry!r} has cadence {when!r}; "
+        "write NAME, NAME@<steps>, NAME@start or NAME@end"
+      )
   names = [s.protocol.name for s in out]
   if len(set(names)) != len(names):
-    raise ConfigError(f"config.eval.protocol={ev.protocol!r}: lists a protocol twice; "
-                      "give each protocol once, with one cadence")
+    raise ConfigError(
+      f"config.eval.protocol={ev.protocol!r}: lists a protocol twice; "
+      "give each protocol once, with one cadence"
+    )
   return out
 
 

@@ -4,5 +4,11 @@ from digan_jax.models.discriminator import Discriminator, DiscriminatorConfig, D
 from digan_jax.models.generator import Generator, GeneratorConfig
 from digan_jax.models.inr import CoordGrid
 
-__all__ = ["CoordGrid", "Discriminator", "DiscriminatorConfig", "DualDiscriminator", "Generator",
-           "GeneratorConfig"]
+__all__ = [
+  "CoordGrid",
+  "Discriminator",
+  "DiscriminatorConfig",
+  "DualDiscriminator",
+  "Generator",
+  "GeneratorConfig",
+]

@@ -36,7 +36,7 @@ class DiscriminatorConfig:
 
   @property
   def block_resolutions(self) -> list[int]:
-    return [2 ** i for i in range(int(math.log2(self.resolution)), 2, -1)]
+    return [2**i for i in range(int(math.log2(self.resolution)), 2, -1)]
 
 
 class DiscriminatorBlock(nn.Module):
@@ -51,11 +51,20 @@ class DiscriminatorBlock(nn.Module):
     tmp = x.shape[-1]
     # The skip conv is linear, bias-free and never clamped.
     y = Conv2d(self.out_channels, 1, use_bias=False, down=2, dtype=self.dtype, name="skip")(
-        x, gain=SQRT_HALF)
-    x = Conv2d(tmp, 3, activation="lrelu", conv_clamp=self.conv_clamp, dtype=self.dtype,
-               name="conv0")(x)
-    x = Conv2d(self.out_channels, 3, activation="lrelu", down=2, conv_clamp=self.conv_clamp,
-               dtype=self.dtype, name="conv1")(x, gain=SQRT_HALF)
+      x, gain=SQRT_HALF
+    )
+    x = Conv2d(
+      tmp, 3, activation="lrelu", conv_clamp=self.conv_clamp, dtype=self.dtype, name="conv0"
+    )(x)
+    x = Conv2d(
+      self.out_channels,
+      3,
+      activation="lrelu",
+      down=2,
+      conv_clamp=self.conv_clamp,
+      dtype=self.dtype,
+      name="conv1",
+    )(x, gain=SQRT_HALF)
     return y + x
 
 
@@ -69,20 +78,29 @@ class Discriminator(nn.Module):
   def __call__(self, img, labels=None):
     cfg = self.config
     if img.ndim != 4 or img.shape[1] != cfg.resolution or img.shape[2] != cfg.resolution:
-      raise ValueError(f"discriminator expects [N, {cfg.resolution}, {cfg.resolution}, C] input, "
-                       f"got {img.shape}")
+      raise ValueError(
+        f"discriminator expects [N, {cfg.resolution}, {cfg.resolution}, C] input, got {img.shape}"
+      )
     res0 = cfg.block_resolutions[0]
-    x = Conv2d(cfg.channels(res0), 1, activation="lrelu", conv_clamp=cfg.conv_clamp,
-               dtype=self.dtype, name=f"b{res0}_fromrgb")(img)
+    x = Conv2d(
+      cfg.channels(res0),
+      1,
+      activation="lrelu",
+      conv_clamp=cfg.conv_clamp,
+      dtype=self.dtype,
+      name=f"b{res0}_fromrgb",
+    )(img)
     for res in cfg.block_resolutions:
-      x = DiscriminatorBlock(cfg.channels(res // 2), cfg.conv_clamp, dtype=self.dtype,
-                             name=f"b{res}")(x)
+      x = DiscriminatorBlock(
+        cfg.channels(res // 2), cfg.conv_clamp, dtype=self.dtype, name=f"b{res}"
+      )(x)
     # Epilogue at 4x4.
     ch4 = cfg.channels(4)
     if cfg.mbstd_num_channels:
       x = minibatch_std(x, cfg.mbstd_group_size, cfg.mbstd_num_channels)
-    x = Conv2d(ch4, 3, activation="lrelu", conv_clamp=cfg.conv_clamp, dtype=self.dtype,
-               name="b4_conv")(x)
+    x = Conv2d(
+      ch4, 3, activation="lrelu", conv_clamp=cfg.conv_clamp, dtype=self.dtype, name="b4_conv"
+    )(x)
     # Official flatten order is (C, H, W).
     x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
     x = FullyConnected(ch4, activation="lrelu", dtype=self.dtype, name="b4_fc")(x)
@@ -90,9 +108,12 @@ class Discriminator(nn.Module):
     x = FullyConnected(cmap_dim or 1, dtype=self.dtype, name="b4_out")(x)
     if cfg.c_dim:
       if labels is None:
-        raise ValueError(f"this discriminator is class-conditional (c_dim={cfg.c_dim}); pass labels")
-      cmap = MappingNetwork(0, cfg.c_dim, cmap_dim, cfg.mapping_layers, 0.01, None,
-                            dtype=self.dtype, name="mapping")(None, labels)
+        raise ValueError(
+          f"this discriminator is class-conditional (c_dim={cfg.c_dim}); pass labels"
+        )
+      cmap = MappingNetwork(
+        0, cfg.c_dim, cmap_dim, cfg.mapping_layers, 0.01, None, dtype=self.dtype, name="mapping"
+      )(None, labels)
       x = jnp.sum(x * cmap, axis=1, keepdims=True) / math.sqrt(cmap_dim)
     return x
 
@@ -113,7 +134,9 @@ class DualDiscriminator(nn.Module):
 
   def motion(self, x7, labels=None):
     if x7.shape[-1] != 7:
-      raise ValueError(f"motion discriminator expects 7 channels (2 frames + delta-t), got {x7.shape}")
+      raise ValueError(
+        f"motion discriminator expects 7 channels (2 frames + delta-t), got {x7.shape}"
+      )
     return self.motion_d(x7, labels)
 
   def image(self, frames, labels=None):
@@ -137,6 +160,7 @@ def split_frames(x7):
 
 def pack_pair(frame_lo, frame_hi, delta_t):
   """frames [B, H, W, 3] x2 and delta_t [B] -> the motion D input [B, H, W, 7]."""
-  plane = jnp.broadcast_to(delta_t.reshape(-1, 1, 1, 1).astype(frame_lo.dtype),
-                           frame_lo.shape[:3] + (1,))
+  plane = jnp.broadcast_to(
+    delta_t.reshape(-1, 1, 1, 1).astype(frame_lo.dtype), frame_lo.shape[:3] + (1,)
+  )
   return jnp.concatenate([frame_lo, frame_hi, plane], axis=-1)

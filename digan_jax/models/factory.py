@@ -23,11 +23,14 @@ def generator_config(model_config) -> GeneratorConfig:
 
 def discriminator_config(model_config) -> DiscriminatorConfig:
   g = model_config.generator
-  return DiscriminatorConfig(resolution=g.resolution, c_dim=g.c_dim,
-                             **model_config.discriminator.to_dict())
+  return DiscriminatorConfig(
+    resolution=g.resolution, c_dim=g.c_dim, **model_config.discriminator.to_dict()
+  )
 
 
 def build(model_config) -> tuple[Generator, DualDiscriminator]:
   dtype = compute_dtype(model_config)
-  return (Generator(generator_config(model_config), dtype=dtype),
-          DualDiscriminator(discriminator_config(model_config), dtype=dtype))
+  return (
+    Generator(generator_config(model_config), dtype=dtype),
+    DualDiscriminator(discriminator_config(model_config), dtype=dtype),
+  )

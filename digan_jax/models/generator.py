@@ -17,8 +17,13 @@ import jax
 import jax.numpy as jnp
 
 from digan_jax.models.inr import CoordFuser, CoordGrid
-from digan_jax.models.layers import (Dtype, FullyConnected, bias_act, normalize_2nd_moment,
-                                     upsample_nearest2x)
+from digan_jax.models.layers import (
+  Dtype,
+  FullyConnected,
+  bias_act,
+  normalize_2nd_moment,
+  upsample_nearest2x,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +57,7 @@ class GeneratorConfig:
 
   @property
   def block_resolutions(self) -> list[int]:
-    return [2 ** i for i in range(2, int(math.log2(self.resolution)) + 1)]
+    return [2**i for i in range(2, int(math.log2(self.resolution)) + 1)]
 
   def channels(self, res: int) -> int:
     return min(self.channel_base // res, self.channel_max)
@@ -89,8 +94,13 @@ class MappingNetwork(nn.Module):
       parts.append(normalize_2nd_moment(embed))
     x = jnp.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
     for i in range(self.num_layers):
-      x = FullyConnected(self.w_dim, activation="lrelu", lr_multiplier=self.lr_multiplier,
-                         dtype=self.dtype, name=f"fc{i}")(x)
+      x = FullyConnected(
+        self.w_dim,
+        activation="lrelu",
+        lr_multiplier=self.lr_multiplier,
+        dtype=self.dtype,
+        name=f"fc{i}",
+      )(x)
     if self.w_avg_beta is None:
       return x
     w_avg = self.variable("stats", "w_avg", jnp.zeros, (self.w_dim,), jnp.float32)
@@ -120,9 +130,11 @@ class FMMLayer(nn.Module):
     c_low = 0 if x_low is None else x_low.shape[-1]
     c_in, c_out, r = c_low + x.shape[-1], self.features, self.rank
     styles = FullyConnected((c_in + c_out) * r, dtype=self.dtype, name="affine")(w)
-    left = styles[:, :c_out * r].reshape(-1, c_out, r)
-    right = styles[:, c_out * r:].reshape(-1, r, c_in)
-    mod = jnp.einsum("bor,bri->boi", left, right, precision=jax.lax.Precision.HIGHEST) / math.sqrt(r)
+    left = styles[:, : c_out * r].reshape(-1, c_out, r)
+    right = styles[:, c_out * r :].reshape(-1, r, c_in)
+    mod = jnp.einsum("bor,bri->boi", left, right, precision=jax.lax.Precision.HIGHEST) / math.sqrt(
+      r
+    )
     weight = self.param("weight", nn.initializers.normal(1.0), (c_out, c_in))
     weight = weight[None] * (mod + 1.0)
     # eps is added to the norm, not inside the sqrt as in StyleGAN2 demod (official FMM).
@@ -136,8 +148,9 @@ class FMMLayer(nn.Module):
 
 def _per_pixel(x, weight, dtype):
   """[B, T, H, W, I] x per-video [B, O, I] -> [B, T, H, W, O], float32 accumulation."""
-  return jnp.einsum("bthwi,boi->bthwo", x.astype(dtype), weight.astype(dtype),
-                    preferred_element_type=jnp.float32)
+  return jnp.einsum(
+    "bthwi,boi->bthwo", x.astype(dtype), weight.astype(dtype), preferred_element_type=jnp.float32
+  )
 
 
 class ToRGB(nn.Module):
@@ -164,7 +177,9 @@ class SynthesisNetwork(nn.Module):
 
   def _fuser(self, name):
     cfg = self.config
-    return CoordFuser(cfg.emb_size, cfg.fourier_scale, cfg.motion_sigma, dtype=self.dtype, name=name)
+    return CoordFuser(
+      cfg.emb_size, cfg.fourier_scale, cfg.motion_sigma, dtype=self.dtype, name=name
+    )
 
   @nn.compact
   def __call__(self, w, z_motion, times, grid: CoordGrid = CoordGrid()):
@@ -199,8 +214,15 @@ class Generator(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.mapping = MappingNetwork(cfg.z_dim, cfg.c_dim, cfg.w_dim, cfg.mapping_layers,
-                                  cfg.mapping_lr_multiplier, cfg.w_avg_beta, dtype=self.dtype)
+    self.mapping = MappingNetwork(
+      cfg.z_dim,
+      cfg.c_dim,
+      cfg.w_dim,
+      cfg.mapping_layers,
+      cfg.mapping_lr_multiplier,
+      cfg.w_avg_beta,
+      dtype=self.dtype,
+    )
     self.synthesis = SynthesisNetwork(cfg, dtype=self.dtype)
 
   def map(self, z_content, labels=None, truncation_psi: float = 1.0, update_w_avg: bool = False):
@@ -209,8 +231,16 @@ class Generator(nn.Module):
   def synthesize(self, w, z_motion, times, grid: CoordGrid = CoordGrid()):
     return self.synthesis(w, z_motion, _times_per_video(times, w.shape[0]), grid)
 
-  def __call__(self, z_content, z_motion, times, labels=None, truncation_psi: float = 1.0,
-               grid: CoordGrid = CoordGrid(), update_w_avg: bool = False):
+  def __call__(
+    self,
+    z_content,
+    z_motion,
+    times,
+    labels=None,
+    truncation_psi: float = 1.0,
+    grid: CoordGrid = CoordGrid(),
+    update_w_avg: bool = False,
+  ):
     """z_content [B, z_dim], z_motion [B, motion_dim], times [T] or [B, T] -> [B, T, H, W, 3]."""
     w = self.map(z_content, labels, truncation_psi, update_w_avg)
     return self.synthesize(w, z_motion, times, grid)

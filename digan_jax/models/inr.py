@@ -57,8 +57,9 @@ class CoordGrid:
     count = int(round(points))
     if count < 1 or abs(points - count) > 1e-6:
       raise ValueError(
-          f"grid [{lo}, {hi}) x scale {self.scale} gives {points} points at level {n}; choose a "
-          "range whose width is a multiple of 2 / (input_resolution * scale)")
+        f"grid [{lo}, {hi}) x scale {self.scale} gives {points} points at level {n}; choose a "
+        "range whose width is a multiple of 2 / (input_resolution * scale)"
+      )
     return count
 
   def shape(self, n: int) -> tuple[int, int]:
@@ -91,8 +92,8 @@ class CoordFuser(nn.Module):
     """w [B, w_dim], z_motion [B, m_dim], times [B, T], coords [H, W, 2] -> [B, T, H, W, 2*emb]."""
     e = self.emb_size
     m = FullyConnected(3 * e, dtype=self.dtype, name="xyaffine")(w)
-    freqs = self.fourier_scale * m[:, :2 * e].reshape(-1, e, 2)  # row d = (x-weight, y-weight)
-    phase_content = m[:, 2 * e:]
+    freqs = self.fourier_scale * m[:, : 2 * e].reshape(-1, e, 2)  # row d = (x-weight, y-weight)
+    phase_content = m[:, 2 * e :]
     a = FullyConnected(e, dtype=self.dtype, name="affine")(jnp.concatenate([w, z_motion], -1))
     # Official: PyTorch default leaky-ReLU (slope 0.01, no gain) on a*t*sigma_t; linear as t >= 0.
     u = lrelu(a[:, None, :] * times[:, :, None].astype(jnp.float32) * self.motion_sigma, 0.01)
@@ -100,7 +101,9 @@ class CoordFuser(nn.Module):
     phase_motion = FullyConnected(e, dtype=self.dtype, name="motion_mlp1")(u)
     phase = phase_content[:, None, :] + phase_motion  # [B, T, e]
     coords = jnp.asarray(coords)
-    spatial = (coords[None, :, :, None, 0] * freqs[:, None, None, :, 0]
-               + coords[None, :, :, None, 1] * freqs[:, None, None, :, 1])  # [B, H, W, e]
+    spatial = (
+      coords[None, :, :, None, 0] * freqs[:, None, None, :, 0]
+      + coords[None, :, :, None, 1] * freqs[:, None, None, :, 1]
+    )  # [B, H, W, e]
     phi = spatial[:, None] + phase[:, :, None, None, :]
     return jnp.concatenate([jnp.sin(phi), jnp.cos(phi)], axis=-1)

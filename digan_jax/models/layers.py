@@ -29,7 +29,9 @@ def lrelu(x, slope: float = 0.2):
   return jnp.where(x > 0, x, x * slope)
 
 
-def bias_act(x, bias=None, activation: str = "linear", gain: float = 1.0, clamp: float | None = None):
+def bias_act(
+  x, bias=None, activation: str = "linear", gain: float = 1.0, clamp: float | None = None
+):
   """Official bias_act order: add bias, activation, multiply by (default gain x gain), clamp."""
   if bias is not None:
     x = x + bias
@@ -59,6 +61,7 @@ def normalize_2nd_moment(x, eps: float = 1e-8):
 def _normal_init(scale: float):
   def init(key, shape, dtype=jnp.float32):
     return jax.random.normal(key, shape, dtype) * scale
+
   return init
 
 
@@ -75,7 +78,9 @@ class FullyConnected(nn.Module):
   @nn.compact
   def __call__(self, x):
     in_features = x.shape[-1]
-    weight = self.param("weight", _normal_init(1.0 / self.lr_multiplier), (in_features, self.features))
+    weight = self.param(
+      "weight", _normal_init(1.0 / self.lr_multiplier), (in_features, self.features)
+    )
     y = matmul(x, weight, self.dtype) * (self.lr_multiplier / math.sqrt(in_features))
     bias = None
     if self.use_bias:
@@ -142,12 +147,17 @@ def down_conv_fir(x, weight, down: int, dtype):
 
 def _fir_phases(even, odd, axis: int):
   """Valid [1,3,3,1] FIR of the signal interleaving `even` and `odd`, split the same way."""
+
   def fir(parts):
     n = min(a.shape[axis] - s for a, s in parts)
-    return sum(float(f) * jax.lax.slice_in_dim(a, s, s + n, axis=axis)
-               for f, (a, s) in zip(FIR_1D, parts))
-  return (fir(((even, 0), (odd, 0), (even, 1), (odd, 1))),
-          fir(((odd, 0), (even, 1), (odd, 1), (even, 2))))
+    return sum(
+      float(f) * jax.lax.slice_in_dim(a, s, s + n, axis=axis) for f, (a, s) in zip(FIR_1D, parts)
+    )
+
+  return (
+    fir(((even, 0), (odd, 0), (even, 1), (odd, 1))),
+    fir(((odd, 0), (even, 1), (odd, 1), (even, 2))),
+  )
 
 
 def down2_conv_patches(x, weight, dtype):
@@ -176,17 +186,26 @@ def down2_conv_patches(x, weight, dtype):
   # The conv reads FIR pixel (2i + ky, 2j + kx) = z[ky % 2][kx % 2][i + ky // 2, j + kx // 2];
   # taps in HWIO order so that the kernel flattens to [k * k * c, out].
   cols = jnp.concatenate(
-      [z[ky % 2][kx % 2][:, ky // 2:ky // 2 + out_h, kx // 2:kx // 2 + out_w].astype(dtype)
-       for ky in range(k) for kx in range(k)], axis=-1)
+    [
+      z[ky % 2][kx % 2][:, ky // 2 : ky // 2 + out_h, kx // 2 : kx // 2 + out_w].astype(dtype)
+      for ky in range(k)
+      for kx in range(k)
+    ],
+    axis=-1,
+  )
   y = matmul(cols.reshape(-1, k * k * c), weight.reshape(k * k * c, -1), dtype)
   return y.reshape(n, out_h, out_w, -1)
 
 
 def _conv(x, weight, stride: int, pad: int, dtype):
   return jax.lax.conv_general_dilated(
-      x.astype(dtype), weight.astype(dtype), window_strides=(stride, stride),
-      padding=((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      preferred_element_type=jnp.float32)
+    x.astype(dtype),
+    weight.astype(dtype),
+    window_strides=(stride, stride),
+    padding=((pad, pad), (pad, pad)),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    preferred_element_type=jnp.float32,
+  )
 
 
 def minibatch_std(x, group_size: int, num_channels: int = 1):
@@ -198,8 +217,10 @@ def minibatch_std(x, group_size: int, num_channels: int = 1):
   n, h, w, c = x.shape
   g = min(group_size, n)
   if n % g:
-    raise ValueError(f"minibatch-std: batch {n} is not divisible by the group size {g}; "
-                     "use a per-call batch that is a multiple of the group size")
+    raise ValueError(
+      f"minibatch-std: batch {n} is not divisible by the group size {g}; "
+      "use a per-call batch that is a multiple of the group size"
+    )
   f = num_channels
   y = x.astype(jnp.float32).reshape(g, n // g, h, w, f, c // f)
   y = y - jnp.mean(y, axis=0)

@@ -61,8 +61,9 @@ def convert_generator(sd: Arrays) -> dict[str, Any]:
       _set(stats, path, value)
       continue
     leaf = path[-1]
-    is_affine_or_fc = any(p in ("affine", "xyaffine") or p.startswith(("fc", "motion_mlp", "embed"))
-                          for p in path[:-1])
+    is_affine_or_fc = any(
+      p in ("affine", "xyaffine") or p.startswith(("fc", "motion_mlp", "embed")) for p in path[:-1]
+    )
     if leaf == "weight" and value.ndim == 4:  # FMM / ToRGB shared weight [out, in, 1, 1]
       value = value[:, :, 0, 0]
     elif leaf == "weight" and is_affine_or_fc:
@@ -106,8 +107,12 @@ def convert_dual_discriminator(sd: Arrays) -> dict[str, Any]:
     if head not in split:
       raise ValueError(f"unexpected discriminator tensor {name!r} (expected videoD.* or imageD.*)")
     split[head][rest] = value
-  return {"params": {"motion_d": convert_discriminator(split["videoD"])["params"],
-                     "image_d": convert_discriminator(split["imageD"])["params"]}}
+  return {
+    "params": {
+      "motion_d": convert_discriminator(split["videoD"])["params"],
+      "image_d": convert_discriminator(split["imageD"])["params"],
+    }
+  }
 
 
 def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()):
@@ -140,8 +145,10 @@ def export_generator(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
   for path, value in _flatten(variables["params"]):
     name = _torch_generator_name(path)
     if path[-1] == "weight":
-      is_affine_or_fc = any(p in ("affine", "xyaffine") or p.startswith(("fc", "motion_mlp", "embed"))
-                            for p in path[:-1])
+      is_affine_or_fc = any(
+        p in ("affine", "xyaffine") or p.startswith(("fc", "motion_mlp", "embed"))
+        for p in path[:-1]
+      )
       value = _fc(value) if is_affine_or_fc else value[:, :, None, None]
     out[name] = value
   for path, value in _flatten(variables.get("stats", {})):
@@ -162,8 +169,7 @@ def export_dual_discriminator(variables: Mapping[str, Any]) -> dict[str, np.ndar
         first = "b4." + first[3:]
       name = ".".join((head, first) + path[1:])
       if path[-1] == "weight":
-        value = (np.ascontiguousarray(value.transpose(3, 2, 0, 1)) if value.ndim == 4
-                 else _fc(value))
+        value = np.ascontiguousarray(value.transpose(3, 2, 0, 1)) if value.ndim == 4 else _fc(value)
       out[name] = value
   return out
 
@@ -177,8 +183,10 @@ def split_networks(arrays: Arrays) -> dict[str, dict[str, np.ndarray]]:
       continue
     nets.setdefault(net, {})[name] = np.asarray(value)
   if "G" not in nets and "G_ema" not in nets:
-    raise ValueError("no generator tensors found: expected keys 'G/<name>' or 'G_ema/<name>' "
-                     "(see README, 'Importing official weights')")
+    raise ValueError(
+      "no generator tensors found: expected keys 'G/<name>' or 'G_ema/<name>' "
+      "(see README, 'Importing official weights')"
+    )
   return nets
 
 
@@ -192,26 +200,37 @@ def configs_from_meta(meta: Mapping[str, Any]) -> tuple[GeneratorConfig, Discrim
     raise ValueError(f"per-resolution embedding sizes differ ({sorted(emb)}); not supported")
   extra = gcfg.get("num_extra_convs", {"128": 1, "256": 1})
   g = GeneratorConfig(
-      resolution=int(meta["res"]),
-      input_resolution=int(gcfg.get("input", {}).get("resolution", 32)),
-      z_dim=int(meta.get("z_dim", 512)), w_dim=int(meta.get("w_dim", 512)),
-      c_dim=int(meta.get("c_dim", 0)), mapping_layers=int(meta.get("mapping_layers", 2)),
-      channel_base=int(meta["channel_base"]), channel_max=int(meta["channel_max"]),
-      fmm_rank=int(gcfg.get("fmm", {}).get("rank", 10)), emb_size=emb.pop(),
-      motion_sigma=float(fuser.get("motion_sigma", 0.25)),
-      extra_convs=tuple(sorted((int(k), int(v)) for k, v in extra.items())))
+    resolution=int(meta["res"]),
+    input_resolution=int(gcfg.get("input", {}).get("resolution", 32)),
+    z_dim=int(meta.get("z_dim", 512)),
+    w_dim=int(meta.get("w_dim", 512)),
+    c_dim=int(meta.get("c_dim", 0)),
+    mapping_layers=int(meta.get("mapping_layers", 2)),
+    channel_base=int(meta["channel_base"]),
+    channel_max=int(meta["channel_max"]),
+    fmm_rank=int(gcfg.get("fmm", {}).get("rank", 10)),
+    emb_size=emb.pop(),
+    motion_sigma=float(fuser.get("motion_sigma", 0.25)),
+    extra_convs=tuple(sorted((int(k), int(v)) for k, v in extra.items())),
+  )
   clamp = meta.get("d_conv_clamp", 256)
   d = DiscriminatorConfig(
-      resolution=int(meta["res"]), channel_base=int(meta["channel_base"]),
-      channel_max=int(meta["channel_max"]), c_dim=int(meta.get("c_dim", 0)),
-      conv_clamp=None if clamp is None else float(clamp),
-      mbstd_group_size=int(meta.get("mbstd_group_size", 4)))
+    resolution=int(meta["res"]),
+    channel_base=int(meta["channel_base"]),
+    channel_max=int(meta["channel_max"]),
+    c_dim=int(meta.get("c_dim", 0)),
+    conv_clamp=None if clamp is None else float(clamp),
+    mbstd_group_size=int(meta.get("mbstd_group_size", 4)),
+  )
   return g, d
 
 
-def infer_configs(nets: Mapping[str, Arrays], motion_sigma: float = 0.25,
-                  mbstd_group_size: int = 4, conv_clamp: float | None = 256.0,
-                  ) -> tuple[GeneratorConfig, DiscriminatorConfig | None]:
+def infer_configs(
+  nets: Mapping[str, Arrays],
+  motion_sigma: float = 0.25,
+  mbstd_group_size: int = 4,
+  conv_clamp: float | None = 256.0,
+) -> tuple[GeneratorConfig, DiscriminatorConfig | None]:
   """Configs from tensor shapes alone (what an official pickle does not state is a flag)."""
   g = nets.get("G_ema") or nets["G"]
   blocks = sorted({int(m.group(1)) for k in g if (m := re.match(r"synthesis\.b(\d+)\.", k))})
@@ -222,8 +241,18 @@ def infer_configs(nets: Mapping[str, Arrays], motion_sigma: float = 0.25,
   channel_base = min(below) if below else channel_max * res
   fused = [r for r in blocks if f"synthesis.b{r}.coord_fuser.xyaffine.weight" in g]
   input_res = min(fused) // 2 if fused else res
-  extra = {r: len({k for k in g if k.startswith(f"synthesis.b{r}.extra_convs.")
-                   and k.endswith(".weight") and "affine" not in k}) for r in blocks}
+  extra = {
+    r: len(
+      {
+        k
+        for k in g
+        if k.startswith(f"synthesis.b{r}.extra_convs.")
+        and k.endswith(".weight")
+        and "affine" not in k
+      }
+    )
+    for r in blocks
+  }
   emb = g["synthesis.b4.input.input.coord_fuser.affine.weight"].shape[0]
   mapping_layers = len({k for k in g if re.match(r"mapping\.fc\d+\.weight$", k)})
   embed = g.get("mapping.embed.weight")
@@ -233,22 +262,37 @@ def infer_configs(nets: Mapping[str, Arrays], motion_sigma: float = 0.25,
   extra_convs.update({r: n for r, n in extra.items() if n or r in extra_convs})
   z_dim = g["mapping.fc0.weight"].shape[1] - (g["mapping.fc0.weight"].shape[0] if c_dim else 0)
   gcfg = GeneratorConfig(
-      resolution=res, input_resolution=input_res, z_dim=z_dim,
-      w_dim=g["mapping.fc0.weight"].shape[0], c_dim=c_dim, mapping_layers=mapping_layers,
-      channel_base=channel_base, channel_max=channel_max,
-      fmm_rank=g["synthesis.b8.conv1.affine.weight"].shape[0] // (2 * ch[8]) if 8 in ch else 10,
-      emb_size=emb, motion_sigma=motion_sigma,
-      extra_convs=tuple(sorted(extra_convs.items())))
+    resolution=res,
+    input_resolution=input_res,
+    z_dim=z_dim,
+    w_dim=g["mapping.fc0.weight"].shape[0],
+    c_dim=c_dim,
+    mapping_layers=mapping_layers,
+    channel_base=channel_base,
+    channel_max=channel_max,
+    fmm_rank=g["synthesis.b8.conv1.affine.weight"].shape[0] // (2 * ch[8]) if 8 in ch else 10,
+    emb_size=emb,
+    motion_sigma=motion_sigma,
+    extra_convs=tuple(sorted(extra_convs.items())),
+  )
   dcfg = None
   if "D" in nets:
     d = nets["D"]
-    dch = {int(m.group(1)): v.shape[0] for k, v in d.items()
-           if (m := re.match(r"imageD\.b(\d+)\.conv0\.weight$", k))}
+    dch = {
+      int(m.group(1)): v.shape[0]
+      for k, v in d.items()
+      if (m := re.match(r"imageD\.b(\d+)\.conv0\.weight$", k))
+    }
     dmax = max(dch.values())
     dbelow = [r * c for r, c in dch.items() if c < dmax]
     dcfg = DiscriminatorConfig(
-        resolution=max(dch), channel_base=min(dbelow) if dbelow else dmax * max(dch),
-        channel_max=dmax, c_dim=c_dim, conv_clamp=conv_clamp, mbstd_group_size=mbstd_group_size)
+      resolution=max(dch),
+      channel_base=min(dbelow) if dbelow else dmax * max(dch),
+      channel_max=dmax,
+      c_dim=c_dim,
+      conv_clamp=conv_clamp,
+      mbstd_group_size=mbstd_group_size,
+    )
   return gcfg, dcfg
 
 
@@ -258,4 +302,3 @@ def load_npz(path) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
     arrays = {k: data[k] for k in data.files if k != "meta_json"}
     meta = json.loads(str(data["meta_json"])) if "meta_json" in data.files else None
   return arrays, meta
-

@@ -19,11 +19,14 @@ FILE_FORMAT = "array_record"
 
 def video_features(resolution, image_format, class_names):
   tfds = tf_utils.import_tfds()
-  return tfds.features.FeaturesDict({
+  return tfds.features.FeaturesDict(
+    {
       "frames": tfds.features.Sequence(
-          tfds.features.Image(shape=(resolution, resolution, 3), encoding_format=image_format)),
+        tfds.features.Image(shape=(resolution, resolution, 3), encoding_format=image_format)
+      ),
       "length": tfds.features.Scalar(np.int32),
       "fps": tfds.features.Scalar(np.float32),
       "label": tfds.features.ClassLabel(names=list(class_names)),
       "source_id": tfds.features.Text(),
-  })
+    }
+  )

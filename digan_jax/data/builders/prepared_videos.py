@@ -17,8 +17,9 @@ class PreparedVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   VERSION = tfds.core.Version("1.0.0")
 
-  def __init__(self, *, name, resolution, image_format, class_names, split_examples, description="",
-               **kwargs):
+  def __init__(
+    self, *, name, resolution, image_format, class_names, split_examples, description="", **kwargs
+  ):
     self.name = name  # The user's dataset name decides the folder under data_dir.
     self._resolution = resolution
     self._image_format = image_format
@@ -30,15 +31,17 @@ class PreparedVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self):
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=self._description or f"Videos prepared by digan_jax.data.prepare ({self.name}).",
-        features=features.video_features(self._resolution, self._image_format, self._class_names),
-        disable_shuffling=True,
+      builder=self,
+      description=self._description or f"Videos prepared by digan_jax.data.prepare ({self.name}).",
+      features=features.video_features(self._resolution, self._image_format, self._class_names),
+      disable_shuffling=True,
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Sources are local.
-    return {split: self._generate_examples(examples) for split, examples in self._split_examples.items()}
+    return {
+      split: self._generate_examples(examples) for split, examples in self._split_examples.items()
+    }
 
   def _generate_examples(self, examples):
     # Keys in generation order: with shuffling disabled, record i is the i-th example.

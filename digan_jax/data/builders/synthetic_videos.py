@@ -21,8 +21,10 @@ from digan_jax.data.builders import features
 tfds = tf_utils.import_tfds()
 
 DEFAULTS = dict(num_train=1024, num_test=256, min_length=24, max_length=48, seed=0)
-_NAME = re.compile(r"^r(?P<resolution>\d+)(_n(?P<num_train>\d+))?(_t(?P<num_test>\d+))?"
-                   r"(_l(?P<min_length>\d+)-(?P<max_length>\d+))?(_s(?P<seed>\d+))?$")
+_NAME = re.compile(
+  r"^r(?P<resolution>\d+)(_n(?P<num_train>\d+))?(_t(?P<num_test>\d+))?"
+  r"(_l(?P<min_length>\d+)-(?P<max_length>\d+))?(_s(?P<seed>\d+))?$"
+)
 
 
 @dataclasses.dataclass(eq=False)
@@ -41,16 +43,21 @@ def config_from_name(name):
   match = _NAME.match(name)
   if not match:
     raise ValueError(
-        f"Bad synthetic_videos config {name!r}: expected r<res>[_n<train>][_t<test>][_l<min>-<max>]"
-        "[_s<seed>], e.g. 'r32' or 'r128_n1000_t100'.")
+      f"Bad synthetic_videos config {name!r}: expected r<res>[_n<train>][_t<test>][_l<min>-<max>]"
+      "[_s<seed>], e.g. 'r32' or 'r128_n1000_t100'."
+    )
   values = {k: int(v) for k, v in match.groupdict().items() if v is not None}
   params = dict(DEFAULTS, **values)
   if params["num_train"] < 1 or not 1 <= params["min_length"] <= params["max_length"]:
-    raise ValueError(f"Bad synthetic_videos config {name!r}: needs >= 1 train video and 1 <= min <= max length.")
+    raise ValueError(
+      f"Bad synthetic_videos config {name!r}: needs >= 1 train video and 1 <= min <= max length."
+    )
   return SyntheticVideosConfig(name=name, description=f"Synthetic motion videos {params}", **params)
 
 
-def config_name(resolution, num_train=None, num_test=None, min_length=None, max_length=None, seed=None):
+def config_name(
+  resolution, num_train=None, num_test=None, min_length=None, max_length=None, seed=None
+):
   """The canonical config name of a parameter set (defaults omitted)."""
   name = f"r{resolution}"
   if num_train is not None and num_train != DEFAULTS["num_train"]:
@@ -80,11 +87,12 @@ class SyntheticVideos(tfds.core.GeneratorBasedBuilder):
 
   def _info(self):
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=features.video_features(
-            self.builder_config.resolution, self.builder_config.image_format, synthetic_videos.FAMILIES),
-        disable_shuffling=True,
+      builder=self,
+      description=__doc__,
+      features=features.video_features(
+        self.builder_config.resolution, self.builder_config.image_format, synthetic_videos.FAMILIES
+      ),
+      disable_shuffling=True,
     )
 
   def _split_generators(self, dl_manager):
@@ -98,18 +106,30 @@ class SyntheticVideos(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, first_index, num_videos):
     config = self.builder_config
     lengths = synthetic_videos.video_lengths(
-        config.seed, first_index + num_videos, (config.min_length, config.max_length))
-    jobs = [(config.seed, first_index + i, config.resolution, int(lengths[first_index + i]), config.image_format)
-            for i in range(num_videos)]
+      config.seed, first_index + num_videos, (config.min_length, config.max_length)
+    )
+    jobs = [
+      (
+        config.seed,
+        first_index + i,
+        config.resolution,
+        int(lengths[first_index + i]),
+        config.image_format,
+      )
+      for i in range(num_videos)
+    ]
     results = parallel.ordered_map(synthetic_videos.render_encoded, jobs, self._num_workers)
     for i, (frames, label) in enumerate(results):
-      yield i, {
+      yield (
+        i,
+        {
           "frames": frames,
           "length": len(frames),
           "fps": synthetic_videos.FPS,
           "label": label,
           "source_id": f"synthetic/{config.seed}/{first_index + i}",
-      }
+        },
+      )
 
 
 def build(data_dir, config, num_workers=None):
