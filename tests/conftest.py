@@ -31,6 +31,25 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
 
 
+# The slowest files, slowest first (measured: 2-worker suite, 2-core CPU). Under `-n 2 --dist
+# loadfile` (with --no-loadscope-reorder, pyproject.toml) each worker takes the next file when it is
+# nearly done, so starting with the long ones lets both workers finish together.
+SLOW_FILES_FIRST = (
+  "test_multiprocess.py",  # ~700 s: launcher run, two-process step
+  "test_train.py",  # ~600 s: trainer runs in and out of process
+  "test_steps.py",  # ~550 s
+  "test_gcs.py",  # ~350 s: trainer in a bucket
+  "test_train_parity.py",
+  "test_evaluator.py",
+  "test_models.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir():
   """../shared/fixtures, or a skip when this clone has none beside it."""
