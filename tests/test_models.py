@@ -14,16 +14,7 @@ from digan_jax.models.layers import minibatch_std
 
 import tiny_digan
 
-TINY = GeneratorConfig(
-  resolution=32,
-  input_resolution=8,
-  z_dim=32,
-  motion_dim=32,
-  w_dim=32,
-  channel_base=256,
-  channel_max=16,
-  emb_size=16,
-)
+TINY = tiny_digan.tiny_generator_config()
 
 
 def _count(tree):

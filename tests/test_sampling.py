@@ -9,18 +9,11 @@ import pytest
 
 from digan_jax import sampling
 from digan_jax.import_official import import_npz
-from digan_jax.models import Generator, GeneratorConfig
+from digan_jax.models import Generator
 
-TINY = GeneratorConfig(
-  resolution=32,
-  input_resolution=8,
-  z_dim=32,
-  motion_dim=32,
-  w_dim=32,
-  channel_base=256,
-  channel_max=16,
-  emb_size=16,
-)
+import tiny_digan
+
+TINY = tiny_digan.tiny_generator_config()
 
 
 def test_chunked_render_equals_single_pass():

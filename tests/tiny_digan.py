@@ -11,6 +11,22 @@ import numpy as np
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
+def tiny_generator_config():
+  """A 32² generator small enough to compile in seconds (model and sampling tests)."""
+  from digan_jax.models import GeneratorConfig
+
+  return GeneratorConfig(
+    resolution=32,
+    input_resolution=8,
+    z_dim=32,
+    motion_dim=32,
+    w_dim=32,
+    channel_base=256,
+    channel_max=16,
+    emb_size=16,
+  )
+
+
 def tiny_config(
   resolution: int = 8,
   global_batch: int = 16,
