@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -92,7 +93,7 @@ def _restore_params(ckpt_dir, step):
 
 @pytest.mark.slow
 def test_trainer_through_local_launcher_matches_one_process(tmp_path):
-  """2 processes x 2 devices via launch/local.sh: train, checkpoint, resume, evaluate; the result
+  """2 processes x 2 devices via launch/local.sh: resume, train, checkpoint, evaluate; the result
   equals one process with 4 devices trained straight through."""
   data_dir = tmp_path / "data"
   common = [
@@ -112,7 +113,8 @@ def test_trainer_through_local_launcher_matches_one_process(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc
 
-  # Reference (also builds the dataset): 1 process x 4 devices, 6 steps straight through.
+  # Reference (also builds the dataset): 1 process x 4 devices, 6 steps straight through,
+  # checkpoints at 3 and 6.
   ref_dir = tmp_path / "one_process"
   run(
     [
@@ -126,7 +128,16 @@ def test_trainer_through_local_launcher_matches_one_process(tmp_path):
     {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "DIGAN_NO_DISTRIBUTED": "1"},
   )
 
+  # The two-process job resumes from the reference's step-3 checkpoint (written by 1 process with
+  # 4 devices, so the restore also reshards across topologies), trains to 6, saves from 2 processes
+  # and evaluates at its end in both (in-loop, like a pod run). Steps 1-3 in two processes are
+  # test_two_processes_match_single_process's.
   workdir = tmp_path / "two_processes"
+  shutil.copytree(
+    ref_dir,
+    workdir,
+    ignore=lambda d, names: [n for n in names if n in ("6", "best") or n.startswith("events.")],
+  )
   launcher = [
     "bash",
     str(REPO / "launch" / "local.sh"),
@@ -137,16 +148,13 @@ def test_trainer_through_local_launcher_matches_one_process(tmp_path):
     *common,
     f"--workdir={workdir}",
   ]
-  run(launcher + ["--config.train.num_steps=3"])  # stops at 3 with a checkpoint
-  # A new job resumes from it and evaluates at its end, in both processes (in-loop, like a pod run;
-  # --mode=eval runs the same Evaluator after a restore, which the resume already covers).
   run(launcher + ["--config.train.num_steps=6", "--config.eval.at_end=True"])
   logs = (workdir / "logs" / "process_0.log").read_text()
   assert "Resumed from step 3" in logs and "process 0/2, 2 local / 4 global devices" in logs
   assert "step 6: FVD" in logs
 
   manifest = json.loads((workdir / "manifest.json").read_text())
-  assert [m["process_count"] for m in manifest] == [2, 2] and manifest[0]["device_count"] == 4
+  assert [m["process_count"] for m in manifest] == [1, 2] and manifest[-1]["device_count"] == 4
   record = json.loads((workdir / "eval" / "6.json").read_text())
   result = record["results"]["proxy"]
   assert result["environment"]["processes"] == 2 and np.isfinite(result["fvd"])
@@ -160,9 +168,7 @@ def test_trainer_through_local_launcher_matches_one_process(tmp_path):
       ]
     )
 
-  # Before the resume the two topologies differ only by all-reduce order: tight.
   ref3 = flat(_restore_params(ref_dir / "checkpoints", 3))
-  at3 = np.abs(flat(_restore_params(workdir / "checkpoints", 3)) - ref3).max()
   ours, ref = (
     _restore_params(workdir / "checkpoints", 6),
     _restore_params(ref_dir / "checkpoints", 6),
@@ -171,11 +177,10 @@ def test_trainer_through_local_launcher_matches_one_process(tmp_path):
   diff = np.abs(flat(ours) - flat(ref))
   change = np.abs(flat(ref) - ref3)
   print(
-    f"max |param(2 processes) - param(1 process)|: step 3 {at3:.3g}, step 6 (resumed) "
-    f"{diff.max():.3g}; step 6 mean diff / mean change over steps 3-6 = "
+    f"max |param(2 processes, resumed) - param(1 process)| at step 6: {diff.max():.3g}; "
+    "mean diff / mean change over steps 3-6 = "
     f"{diff.mean() / change.mean():.3g}"
   )
-  assert at3 < 1e-5
   # Adam with beta1 = 0 normalises every gradient element, so rounding differences in elements near
   # zero become update differences of order lr, and the GAN feeds them back (measured at step 6:
   # 4.8e-7 with jax 0.10, 1.0e-4 with jax 0.12, where the mean difference was 5e-4 of the mean

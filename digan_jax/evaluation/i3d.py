@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from digan_jax import target
 from digan_jax.data import image_ops
 
 NUM_CLASSES = 400
@@ -54,7 +55,7 @@ def conv3d_same(x, kernel, strides: Sequence[int], precision: Precision):
   for the 7x7x7 stem at batch 4: 1.45 s -> 0.39 s). Equal up to float32 summation order.
   """
   taps = kernel.shape[0]
-  if taps == 1 or jax.default_backend() != "cpu":
+  if taps == 1 or target.platform() != "cpu":
     return jax.lax.conv_general_dilated(
       x,
       kernel,

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from digan_jax import target
+
 Dtype = Any
 SQRT2 = math.sqrt(2.0)
 # StyleGAN2-ADA's resample filter [1,3,3,1], normalised to sum 1; separable, so two 1-D passes.
@@ -120,7 +122,7 @@ class Conv2d(nn.Module):
     if self.down == 1:
       pad = k // 2
       x = _conv(x, weight, 1, pad, self.dtype)
-    elif self.down == 2 and jax.default_backend() == "cpu":
+    elif self.down == 2 and target.platform() == "cpu":
       # CPU only: the slow path it avoids is XLA:CPU's, and it was only measured there; on GPU/TPU
       # the patch tensor (9/4 of the input) would add memory traffic that convs do not have.
       x = down2_conv_patches(x, weight, self.dtype)

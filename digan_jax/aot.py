@@ -1,0 +1,377 @@
+"""Ahead-of-time compilation for a TPU topology from any host (MaxText's train_compile, for DIGAN).
+
+  python -m digan_jax.aot --config=configs/taichi128.py --topology=v5e:2x2 \
+      [--config.train.global_batch_size=64 --config.mesh.fsdp=4 \
+       --config.model.compute_dtype=bfloat16] [--functions=train,render,fvd] [--output=FILE]
+
+Needs libtpu (`pip install libtpu==0.0.42.*` for jax 0.10), no TPU: the topology's devices are
+descriptions, the inputs are ShapeDtypeStructs, nothing is allocated or run. It compiles, with the
+trainer's own code, every variant of the training iteration (with and without the lazy R1 phase),
+the EMA generator's render and the FVD feature graph, and prints JSON per function:
+
+  memory        per-chip argument, output, alias, temp and generated-code bytes; total_bytes (their
+                sum, aliased bytes counted once) against the chip's HBM (benchmark/reference.json)
+  flops, bytes_accessed
+                the compiler's cost analysis per chip and call; compiler_seconds where it is valid
+                (libtpu 0.0.42 reports negative estimates for large programs: null then)
+  roofline      max(flops / peak bf16, bytes / HBM bandwidth) seconds, its bound (compute or
+                memory), the videos/s per chip it implies and the implied MFU (flops / time / peak)
+  collectives   count and result bytes of each collective op in the optimised HLO
+  compile_s     seconds this host took to compile it
+
+`iteration` amortises the lazy R1 variant over config.train.r1_every. These are compiler estimates
+from the program, not measurements: a real chip adds launch, host and input-pipeline time.
+A function that does not fit in HBM is reported, then the command fails naming the per-chip bytes
+and the settings that would help.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
+
+from digan_jax import cli_flags, sharding, target
+from digan_jax.benchmark import measure
+from digan_jax.errors import ConfigError, UserError
+
+FUNCTIONS = ("train", "render", "fvd")
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+_COLLECTIVE_RE = re.compile(
+  r"=\s*(?P<shape>\(?[^=]*?\)?)\s+(?P<op>" + "|".join(COLLECTIVES) + r")(?P<start>-start)?\("
+)
+_ARRAY_RE = re.compile(r"\b(pred|s8|u8|s16|u16|s32|u32|s64|u64|bf16|f16|f32|f64|c64)\[([\d,]*)\]")
+_DTYPE_BYTES = dict(
+  pred=1, s8=1, u8=1, s16=2, u16=2, bf16=2, f16=2, s32=4, u32=4, f32=4, s64=8, u64=8, f64=8, c64=8
+)
+
+
+# ---- the target ----
+
+
+def topology_devices(name: str) -> list[jax.Device]:
+  """The devices of a libtpu topology ('v5e:2x2', 'v5e:16x16', 'v5p:2x2x1', 'v4:2x2x1', ...)."""
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+
+  try:
+    return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
+  except Exception as e:  # libtpu missing, or a name it does not know
+    raise UserError(
+      f"cannot describe TPU topology {name!r}: {e}. AOT compilation needs libtpu "
+      "(pip install 'libtpu==0.0.42.*' for jax 0.10) and a topology name such as v5e:2x2, "
+      "v5e:16x16, v5p:2x2x1, v4:2x2x1 or v6e:2x2"
+    ) from e
+
+
+def chip_facts(devices: list[jax.Device], topology: str) -> dict[str, Any]:
+  """HBM, bandwidth and peak per device (a chip, or one core where the topology lists cores)."""
+  kind = devices[0].device_kind
+  chips = math.prod(int(x) for x in topology.split(":")[-1].split("x"))
+  per_chip = max(1, len(devices) // chips)
+  for entry in measure.reference()["chips"]["entries"]:
+    if entry["device_kind"].lower() in kind.lower():
+      return dict(
+        device_kind=kind,
+        chip=entry["name"],
+        chips=chips,
+        devices_per_chip=per_chip,
+        hbm_bytes=entry["hbm_bytes"] // per_chip,
+        hbm_bytes_per_s=entry["hbm_bytes_per_s"] / per_chip,
+        peak_flops=entry["peak_flops_bf16"] / per_chip,
+        source=entry["source"],
+      )
+  raise UserError(f"no HBM/peak entry for device kind {kind!r} in benchmark/reference.json chips")
+
+
+# ---- what a compiled executable says ----
+
+
+def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
+  """{op: {count, bytes}} over the optimised HLO (async ops counted once, at their start)."""
+  out = {op: dict(count=0, bytes=0) for op in COLLECTIVES}
+  for m in _COLLECTIVE_RE.finditer(hlo_text):
+    arrays = [
+      _DTYPE_BYTES[dt] * math.prod(int(d) for d in dims.split(",") if d)
+      for dt, dims in _ARRAY_RE.findall(m["shape"])
+    ]
+    if m["start"] and m["op"] in ("all-gather", "collective-permute") and len(arrays) > 1:
+      arrays = arrays[len(arrays) // 2 :]  # (operands, results[, contexts]): count the results
+    out[m["op"]]["count"] += 1
+    out[m["op"]]["bytes"] += sum(arrays)
+  return out
+
+
+def _cost(compiled) -> dict[str, float]:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return dict(cost or {})
+
+
+def report(compiled, chip: dict[str, Any], items_per_device: float) -> dict[str, Any]:
+  """Memory, cost, roofline and collectives of one compiled function, per device."""
+  mem = compiled.memory_analysis()
+  memory = {
+    k: int(getattr(mem, f"{k}_size_in_bytes"))
+    for k in ("argument", "output", "alias", "temp", "generated_code")
+  }
+  memory["total_bytes"] = (
+    memory["argument"]
+    + memory["output"]
+    - memory["alias"]
+    + memory["temp"]
+    + memory["generated_code"]
+  )
+  memory["hbm_bytes"] = chip["hbm_bytes"]
+  memory["hbm_fraction"] = memory["total_bytes"] / chip["hbm_bytes"]
+  memory["fits"] = memory["total_bytes"] <= chip["hbm_bytes"]
+  cost = _cost(compiled)
+  flops, nbytes = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+  compiler_s = cost.get("optimal_seconds")
+  compute_s, memory_s = flops / chip["peak_flops"], nbytes / chip["hbm_bytes_per_s"]
+  seconds = max(compute_s, memory_s)
+  return dict(
+    memory=memory,
+    flops=flops,
+    bytes_accessed=nbytes,
+    compiler_seconds=float(compiler_s) if compiler_s is not None and compiler_s > 0 else None,
+    roofline=dict(
+      seconds=seconds,
+      compute_seconds=compute_s,
+      memory_seconds=memory_s,
+      bound="compute" if compute_s >= memory_s else "memory",
+      items_per_device=items_per_device,
+      videos_per_s_per_device=items_per_device / seconds if seconds else None,
+      mfu=compute_s / seconds if seconds else None,
+    ),
+    collectives=collectives(compiled.as_text()),
+  )
+
+
+def _compile(fn: Callable[[], Any]) -> tuple[Any, float]:
+  start = time.perf_counter()
+  compiled = fn().compile()
+  return compiled, time.perf_counter() - start
+
+
+# ---- the functions the trainer compiles ----
+
+
+def _abstract(tree, sharding_):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_), tree)
+
+
+def train_functions(config, mesh):
+  """(name, lower thunk, videos per device) for every variant of the training iteration."""
+  from digan_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
+
+  steps = steps_lib.DiganSteps(config, mesh)
+  batch_sharding = sharding.batch_sharding(mesh)
+  n, r = steps.global_batch, steps.resolution
+  batch = {
+    "frames": jax.ShapeDtypeStruct((n, 2, r, r, 3), jnp.float32, sharding=batch_sharding),
+    "delta_t": jax.ShapeDtypeStruct((n,), jnp.float32, sharding=batch_sharding),
+  }
+  if steps.c_dim:
+    batch["label"] = jax.ShapeDtypeStruct((n,), jnp.int32, sharding=batch_sharding)
+  step = steps.jit_train_step()
+  per_device = n / mesh.size
+  out = []
+  for lazy in steps.step_variants():
+    name = "train_step" + "".join(f"+{p}" for p in lazy)
+    out.append((name, lambda lazy=lazy: step.lower(steps.abstract_state, batch, lazy), per_device))
+  return steps, out
+
+
+def render_function(config, mesh, steps):
+  """The EMA generator rendering config.sample.num_frames frames, one video per device."""
+  from digan_jax import sampling  # pylint: disable=g-import-not-at-top
+
+  gcfg, num = steps.gcfg, mesh.size
+  frames = int(config.sample.num_frames)
+  fn = jax.jit(
+    lambda g, zc, zm, t: sampling.render(
+      steps.generator, g, zc, zm, t, frames_per_chunk=min(16, frames)
+    ),
+    out_shardings=sharding.batch_sharding(mesh, 5),
+  )
+  rows = sharding.batch_sharding(mesh, 2)
+  args = (
+    steps.abstract_state.g_ema,
+    jax.ShapeDtypeStruct((num, gcfg.z_dim), jnp.float32, sharding=rows),
+    jax.ShapeDtypeStruct((num, gcfg.motion_dim), jnp.float32, sharding=rows),
+    jax.ShapeDtypeStruct((num, frames), jnp.float32, sharding=rows),
+  )
+  return "render", lambda: fn.lower(*args), 1.0
+
+
+def fvd_function(config, mesh, steps):
+  """The fake-feature graph of the first scheduled protocol (render, uint8, resize, I3D)."""
+  from digan_jax.evaluation import features, schedule  # pylint: disable=g-import-not-at-top
+
+  scheds = schedule.schedules(config)
+  if not scheds:
+    raise UserError("--functions=fvd needs an evaluation protocol in config.eval")
+  protocol = scheds[0].protocol
+  fn = features._fake_fn(  # pylint: disable=protected-access
+    steps.generator,
+    tuple(protocol.fake_times().tolist()),
+    protocol.fake_uint8,
+    protocol.resize,
+    16,
+    mesh,
+  )
+  replicated = sharding.replicated(mesh)
+  batch = sharding.padded_batch(mesh, int(config.eval.batch_size))
+  seed = jax.ShapeDtypeStruct((), jnp.uint32, sharding=replicated)
+  args = (
+    steps.abstract_state.g_ema,
+    _abstract(features.i3d_variables(), replicated),
+    jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=sharding.batch_sharding(mesh)),
+    seed,
+    seed,
+  )
+  return f"fvd_features[{protocol.name}]", lambda: fn.lower(*args), batch / mesh.size
+
+
+# ---- the command ----
+
+
+def compile_for_topology(
+  config, topology: str, functions=FUNCTIONS, hlo_dir: str | None = None, log=print
+) -> dict[str, Any]:
+  """The JSON report of `functions` compiled for `topology` (see the module docstring)."""
+  unknown = set(functions) - set(FUNCTIONS)
+  if unknown:
+    raise UserError(f"unknown --functions {sorted(unknown)}; choose from {', '.join(FUNCTIONS)}")
+  devices = topology_devices(topology)
+  chip = chip_facts(devices, topology)
+  try:
+    mesh = sharding.make_mesh(config.mesh, devices)
+    batch_devices = sharding.batch_devices(mesh)
+    sharding.batch_size_per_device(mesh, int(config.train.global_batch_size))
+  except ValueError as e:
+    raise UserError(f"topology {topology} ({len(devices)} devices): {e}") from e
+  result: dict[str, Any] = dict(
+    topology=topology,
+    num_devices=len(devices),
+    chip=chip,
+    mesh=dict(mesh.shape),
+    global_batch=int(config.train.global_batch_size),
+    per_device_batch=int(config.train.global_batch_size) // batch_devices,
+    compute_dtype=str(config.model.compute_dtype),
+    r1_every=int(config.train.r1_every),
+    host=measure.run_fields(),
+    functions={},
+  )
+  with target.compiling_for("tpu"):
+    try:
+      steps, todo = train_functions(config, mesh)
+    except ConfigError as e:
+      raise UserError(f"topology {topology} ({len(devices)} devices): {e}") from e
+    todo = todo if "train" in functions else []
+    if "render" in functions:
+      todo.append(render_function(config, mesh, steps))
+    if "fvd" in functions:
+      todo.append(fvd_function(config, mesh, steps))
+    for name, lower, items in todo:
+      log(f"compiling {name} for {topology} ...")
+      compiled, seconds = _compile(lower)
+      entry = report(compiled, chip, items)
+      entry["compile_s"] = seconds
+      result["functions"][name] = entry
+      log(
+        f"  {seconds:.0f} s; {entry['memory']['total_bytes'] / 2**30:.2f} GiB per device, "
+        f"{entry['flops'] / 1e12:.3g} TFLOP, {entry['bytes_accessed'] / 1e9:.3g} GB"
+      )
+      if hlo_dir:
+        os.makedirs(hlo_dir, exist_ok=True)
+        with open(os.path.join(hlo_dir, f"{name}.hlo.txt"), "w") as f:
+          f.write(compiled.as_text())
+  variants = {k: v for k, v in result["functions"].items() if k.startswith("train_step")}
+  if len(variants) > 1:
+    every = max(1, result["r1_every"])
+    plain = next(v for k, v in variants.items() if k == "train_step")
+    lazy = [v for k, v in variants.items() if k != "train_step"]
+    seconds = (
+      plain["roofline"]["seconds"] * (every - 1) + sum(v["roofline"]["seconds"] for v in lazy)
+    ) / every
+    flops = (plain["flops"] * (every - 1) + sum(v["flops"] for v in lazy)) / every
+    per_device = plain["roofline"]["items_per_device"]
+    result["iteration"] = dict(
+      seconds=seconds,
+      videos_per_s_per_device=per_device / seconds,
+      kimg_per_day=per_device * len(devices) / seconds * 86400 / 1000,
+      mfu=flops / chip["peak_flops"] / seconds,
+    )
+  return result
+
+
+def too_big(result: dict[str, Any]) -> str | None:
+  """The error for functions that do not fit in HBM, or None."""
+  over = {k: v["memory"] for k, v in result["functions"].items() if not v["memory"]["fits"]}
+  if not over:
+    return None
+  listed = "; ".join(
+    f"{k} needs {m['total_bytes'] / 2**30:.2f} GiB per device (temp {m['temp'] / 2**30:.2f})"
+    for k, m in over.items()
+  )
+  return (
+    f"does not fit in {result['chip']['hbm_bytes'] / 2**30:.1f} GiB of HBM per device on "
+    f"{result['topology']}: {listed}. Lower the per-device batch (per_device_batch="
+    f"{result['per_device_batch']}: fewer --config.train.global_batch_size or more chips), "
+    "raise --config.train.num_micro_batches, or use --config.model.compute_dtype=bfloat16"
+  )
+
+
+def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
+  config_flags.DEFINE_config_file(
+    "config", None, "configuration file (configs/*.py)", flag_values=fv, lock_config=True
+  )
+  flags.mark_flag_as_required("config", flag_values=fv)
+  flags.DEFINE_string(
+    "topology", None, "libtpu topology, e.g. v5e:2x2 or v5e:16x16", flag_values=fv
+  )
+  flags.mark_flag_as_required("topology", flag_values=fv)
+  flags.DEFINE_list("functions", list(FUNCTIONS), "what to compile", flag_values=fv)
+  flags.DEFINE_string("output", "", "also write the JSON to this file", flag_values=fv)
+  flags.DEFINE_string("hlo_dir", "", "also write each optimised HLO module here", flag_values=fv)
+  return fv
+
+
+def main(argv, fv: flags.FlagValues = flags.FLAGS) -> int:
+  cli_flags.reject_positional(argv)
+  os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")  # quiets a libtpu host warning
+  log = lambda msg: print(msg, file=sys.stderr, flush=True)
+  try:
+    with contextlib.redirect_stdout(sys.stderr):
+      result = compile_for_topology(fv.config, fv.topology, fv.functions, fv.hlo_dir or None, log)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  result["config"] = config_flags.get_config_filename(fv["config"])
+  text = json.dumps(result, indent=2, default=lambda x: float(np.asarray(x)))
+  print(text)
+  if fv.output:
+    with open(fv.output, "w") as f:
+      f.write(text + "\n")
+  message = too_big(result)
+  if message:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  cli_flags.run_as_program(define_flags, main)

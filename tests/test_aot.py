@@ -1,0 +1,148 @@
+"""TPU programs compiled ahead of time on this CPU host (libtpu topologies, digan_jax.aot): the
+report's fields, fsdp at 256 chips within HBM, and no CPU-only fast path inside a TPU program."""
+
+import importlib.util
+import json
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from digan_jax import aot, sharding, target
+from digan_jax.evaluation import i3d
+from digan_jax.models import layers
+import tiny_digan
+
+HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
+
+
+def _need_libtpu():
+  if not HAVE_LIBTPU:
+    message = "libtpu is not installed (requirements.txt installs it on x86_64 Linux)"
+    if os.environ.get("DIGAN_REQUIRE_TOOLS") == "1":
+      pytest.fail(f"{message}; DIGAN_REQUIRE_TOOLS=1 requires it")
+    pytest.skip(message)
+
+
+def _conv_strides(fn, *args):
+  """The window strides of every convolution in fn's jaxpr (nested jaxprs included)."""
+  text = str(jax.make_jaxpr(fn)(*args))
+  return [
+    tuple(int(v) for v in m.split(",") if v.strip())
+    for m in re.findall(r"conv_general_dilated\[[^\]]*?window_strides=\(([\d, ]*)\)", text, re.S)
+  ]
+
+
+@pytest.mark.parametrize("platform", ["cpu", "tpu"])
+def test_fast_paths_follow_the_compile_target_not_the_host(platform):
+  """On this CPU host, a trace for TPU must take the XLA conv paths: a strided 2D conv for the
+  down-sampling D conv and one 3D conv for a multi-tap I3D kernel; a trace for CPU takes the
+  polyphase matmul and the per-tap 2D convs."""
+  conv = layers.Conv2d(features=4, kernel_size=3, down=2)
+  x = jnp.zeros((1, 8, 8, 3))
+  params = conv.init(jax.random.PRNGKey(0), x)
+  video, kernel = jnp.zeros((1, 4, 8, 8, 3)), jnp.zeros((3, 3, 3, 3, 5))
+  with target.compiling_for(platform):
+    d_convs = _conv_strides(lambda p: conv.apply(p, x), params)
+    i3d_convs = _conv_strides(lambda v: i3d.conv3d_same(v, kernel, (1, 1, 1), "highest"), video)
+  if platform == "tpu":
+    assert (2, 2) in d_convs, d_convs
+    assert i3d_convs == [(1, 1, 1)], i3d_convs
+  else:
+    assert (2, 2) not in d_convs, d_convs
+    assert i3d_convs == [(1, 1)] * 3, i3d_convs  # one 2D conv per temporal tap
+
+
+def test_compile_target_rejects_unknown_platforms():
+  with pytest.raises(ValueError, match="cpu, gpu or tpu"):
+    with target.compiling_for("npu"):
+      pass
+  assert target.platform() == jax.default_backend()
+
+
+def test_collectives_are_counted_from_hlo_text():
+  hlo = """
+  %all-reduce.1 = f32[128,4]{1,0} all-reduce(f32[128,4]{1,0} %x), replica_groups={}
+  %ag = (bf16[2,8]{1,0}, bf16[16,8]{1,0}) all-gather-start(bf16[2,8]{1,0} %y), dimensions={0}
+  %agd = bf16[16,8]{1,0} all-gather-done((bf16[2,8]{1,0}, bf16[16,8]{1,0}) %ag)
+  %t = (f32[3]{0}, s32[2]{0}) all-reduce(f32[3]{0} %a, s32[2]{0} %b)
+  """
+  out = aot.collectives(hlo)
+  assert out["all-reduce"] == dict(count=2, bytes=128 * 4 * 4 + 3 * 4 + 2 * 4)
+  assert out["all-gather"] == dict(count=1, bytes=16 * 8 * 2)
+  assert out["reduce-scatter"]["count"] == 0
+
+
+@pytest.fixture(scope="module")
+def libtpu_env():
+  _need_libtpu()
+  # One libtpu per host unless allowed (another test process may hold it).
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")
+
+
+def test_train_step_compiles_for_v5e_2x2(libtpu_env, tmp_path):
+  """The tiny config's training iteration for 4 v5e chips: every report field, a data-parallel
+  all-reduce, and the strided XLA conv (not the CPU polyphase matmul) in the optimised HLO."""
+  config = tiny_digan.tiny_config(global_batch=8)
+  result = aot.compile_for_topology(
+    config, "v5e:2x2", functions=("train",), hlo_dir=str(tmp_path), log=lambda _: None
+  )
+  assert result["num_devices"] == 4 and result["chip"]["chip"] == "v5e"
+  assert result["chip"]["hbm_bytes"] == 16 * 2**30 and result["per_device_batch"] == 2
+  (name,) = result["functions"]  # r1_every = 1: one variant, R1 every step
+  assert name == "train_step"
+  entry = result["functions"][name]
+  mem = entry["memory"]
+  assert 0 < mem["argument"] and 0 < mem["temp"] and mem["fits"]
+  assert mem["total_bytes"] == (
+    mem["argument"] + mem["output"] - mem["alias"] + mem["temp"] + mem["generated_code"]
+  )
+  assert entry["flops"] > 0 and entry["bytes_accessed"] > 0 and entry["compile_s"] > 0
+  roof = entry["roofline"]
+  assert roof["seconds"] == max(roof["compute_seconds"], roof["memory_seconds"]) > 0
+  assert 0 < roof["mfu"] <= 1 and roof["videos_per_s_per_device"] == 2 / roof["seconds"]
+  assert entry["collectives"]["all-reduce"]["count"] > 0  # gradients are averaged over 4 chips
+  json.dumps(result)
+  hlo = (tmp_path / "train_step.hlo.txt").read_text()
+  assert re.search(r"convolution\(.*window=\{size=3x3 stride=2x2", hlo), "no strided D conv"
+
+
+def test_tiny_model_with_fsdp_fits_on_256_chips(libtpu_env, monkeypatch):
+  """v5e:16x16 with a (64 data x 4 fsdp) mesh; the size threshold is lowered so that the tiny
+  networks' larger weights are really split over the fsdp axis."""
+  monkeypatch.setattr(sharding, "FSDP_MIN_SIZE", 256)
+  config = tiny_digan.tiny_config(global_batch=256)
+  config.mesh.fsdp = 4
+  result = aot.compile_for_topology(config, "v5e:16x16", functions=("train",), log=lambda _: None)
+  assert result["mesh"] == {"data": 64, "fsdp": 4} and result["per_device_batch"] == 1
+  mem = result["functions"]["train_step"]["memory"]
+  assert 0 < mem["total_bytes"] < mem["hbm_bytes"] and mem["fits"]
+  assert result["functions"]["train_step"]["collectives"]["all-gather"]["count"] > 0
+
+
+def test_bad_topology_and_batch_get_one_clear_message(libtpu_env):
+  config = tiny_digan.tiny_config(global_batch=6)
+  with pytest.raises(aot.UserError, match="not divisible by the 4 devices"):
+    aot.compile_for_topology(config, "v5e:2x2", functions=("train",), log=lambda _: None)
+  with pytest.raises(aot.UserError, match="cannot describe TPU topology 'v9z:2x2'"):
+    aot.compile_for_topology(config, "v9z:2x2", functions=("train",), log=lambda _: None)
+
+
+def test_too_big_names_bytes_hbm_and_what_helps():
+  result = dict(
+    topology="v5e:2x2",
+    per_device_batch=16,
+    chip=dict(hbm_bytes=16 * 2**30),
+    functions={
+      "train_step": dict(memory=dict(fits=False, total_bytes=20 * 2**30, temp=18 * 2**30)),
+      "render": dict(memory=dict(fits=True, total_bytes=2**30, temp=0)),
+    },
+  )
+  message = aot.too_big(result)
+  assert "train_step needs 20.00 GiB" in message and "16.0 GiB" in message
+  assert "render" not in message and "global_batch_size" in message
+  result["functions"]["train_step"]["memory"]["fits"] = True
+  assert aot.too_big(result) is None
