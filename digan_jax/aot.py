@@ -172,8 +172,9 @@ def _abstract(tree, sharding_):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_), tree)
 
 
-def train_functions(config, mesh):
-  """(name, lower thunk, videos per device) for every variant of the training iteration."""
+def train_functions(config, mesh, lazy_variants: bool = True):
+  """(name, lower thunk, videos per device) for every variant of the training iteration (only the
+  one without lazy phases when not lazy_variants)."""
   from digan_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
 
   steps = steps_lib.DiganSteps(config, mesh)
@@ -188,7 +189,7 @@ def train_functions(config, mesh):
   step = steps.jit_train_step()
   per_device = n / mesh.size
   out = []
-  for lazy in steps.step_variants():
+  for lazy in steps.step_variants() if lazy_variants else ((),):
     name = "train_step" + "".join(f"+{p}" for p in lazy)
     out.append((name, lambda lazy=lazy: step.lower(steps.abstract_state, batch, lazy), per_device))
   return steps, out
@@ -249,7 +250,12 @@ def fvd_function(config, mesh, steps):
 
 
 def compile_for_topology(
-  config, topology: str, functions=FUNCTIONS, hlo_dir: str | None = None, log=print
+  config,
+  topology: str,
+  functions=FUNCTIONS,
+  hlo_dir: str | None = None,
+  log=print,
+  lazy_variants: bool = True,
 ) -> dict[str, Any]:
   """The JSON report of `functions` compiled for `topology` (see the module docstring)."""
   unknown = set(functions) - set(FUNCTIONS)
@@ -277,7 +283,7 @@ def compile_for_topology(
   )
   with target.compiling_for("tpu"):
     try:
-      steps, todo = train_functions(config, mesh)
+      steps, todo = train_functions(config, mesh, lazy_variants)
     except ConfigError as e:
       raise UserError(f"topology {topology} ({len(devices)} devices): {e}") from e
     todo = todo if "train" in functions else []
@@ -345,6 +351,12 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   )
   flags.mark_flag_as_required("topology", flag_values=fv)
   flags.DEFINE_list("functions", list(FUNCTIONS), "what to compile", flag_values=fv)
+  flags.DEFINE_boolean(
+    "lazy_variants",
+    True,
+    "also compile the iteration with the lazy R1 phase (--nolazy_variants: the plain one only)",
+    flag_values=fv,
+  )
   flags.DEFINE_string("output", "", "also write the JSON to this file", flag_values=fv)
   flags.DEFINE_string("hlo_dir", "", "also write each optimised HLO module here", flag_values=fv)
   return fv
@@ -356,7 +368,9 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS) -> int:
   log = lambda msg: print(msg, file=sys.stderr, flush=True)
   try:
     with contextlib.redirect_stdout(sys.stderr):
-      result = compile_for_topology(fv.config, fv.topology, fv.functions, fv.hlo_dir or None, log)
+      result = compile_for_topology(
+        fv.config, fv.topology, fv.functions, fv.hlo_dir or None, log, fv.lazy_variants
+      )
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
