@@ -44,6 +44,14 @@ class Mutation:
 
 MUTATIONS = (
   Mutation(
+    "host_backend",
+    "CPU fast path chosen by the host's backend, not the compile target (baked into TPU programs)",
+    "digan_jax/models/layers.py",
+    'elif self.down == 2 and target.platform() == "cpu":',
+    'elif self.down == 2 and jax.default_backend() == "cpu":',
+    ("tests/test_aot.py::test_fast_paths_follow_the_compile_target_not_the_host",),
+  ),
+  Mutation(
     "r1_gain",
     "R1 loss without the x r1_every lazy-regularisation gain",
     "digan_jax/phases.py",
