@@ -67,6 +67,11 @@ def topology_devices(name: str) -> list[jax.Device]:
   try:
     return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
   except Exception as e:  # libtpu missing, or a name it does not know
+    if "lockfile" in str(e):
+      raise UserError(
+        "another process holds libtpu (one per host by default); on a host without TPUs, where "
+        "nothing else needs the chips, set ALLOW_MULTIPLE_LIBTPU_LOAD=1"
+      ) from e
     raise UserError(
       f"cannot describe TPU topology {name!r}: {e}. AOT compilation needs libtpu "
       "(pip install 'libtpu==0.0.42.*' for jax 0.10) and a topology name such as v5e:2x2, "
