@@ -103,8 +103,9 @@ def chip_facts(devices: list[jax.Device], topology: str) -> dict[str, Any]:
 
 
 def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
-  """{op: {count, bytes}} over the optimised HLO (async ops counted once, at their start)."""
-  out = {op: dict(count=0, bytes=0) for op in COLLECTIVES}
+  """{op: {count, bytes, max_bytes}} over the optimised HLO (async ops counted once, at their
+  start; max_bytes: the largest single op)."""
+  out = {op: dict(count=0, bytes=0, max_bytes=0) for op in COLLECTIVES}
   for m in _COLLECTIVE_RE.finditer(hlo_text):
     arrays = [
       _DTYPE_BYTES[dt] * math.prod(int(d) for d in dims.split(",") if d)
@@ -114,6 +115,7 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
       arrays = arrays[len(arrays) // 2 :]  # (operands, results[, contexts]): count the results
     out[m["op"]]["count"] += 1
     out[m["op"]]["bytes"] += sum(arrays)
+    out[m["op"]]["max_bytes"] = max(out[m["op"]]["max_bytes"], sum(arrays))
   return out
 
 

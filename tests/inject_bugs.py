@@ -52,6 +52,14 @@ MUTATIONS = (
     ("tests/test_aot.py::test_fast_paths_follow_the_compile_target_not_the_host",),
   ),
   Mutation(
+    "fsdp_gather",
+    "fsdp weights left split in the phases (XLA gathers activations instead)",
+    "digan_jax/steps.py",
+    '    if self.mesh.shape.get("fsdp", 1) == 1:\n      return state\n    whole',
+    "    return state\n    whole",
+    ("tests/test_aot.py::test_tiny_model_with_fsdp_fits_on_256_chips",),
+  ),
+  Mutation(
     "r1_gain",
     "R1 loss without the x r1_every lazy-regularisation gain",
     "digan_jax/phases.py",
