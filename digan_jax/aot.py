@@ -119,13 +119,6 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
   return out
 
 
-def _cost(compiled) -> dict[str, float]:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  return dict(cost or {})
-
-
 def report(compiled, chip: dict[str, Any], items_per_device: float) -> dict[str, Any]:
   """Memory, cost, roofline and collectives of one compiled function, per device."""
   mem = compiled.memory_analysis()
@@ -143,7 +136,7 @@ def report(compiled, chip: dict[str, Any], items_per_device: float) -> dict[str,
   memory["hbm_bytes"] = chip["hbm_bytes"]
   memory["hbm_fraction"] = memory["total_bytes"] / chip["hbm_bytes"]
   memory["fits"] = memory["total_bytes"] <= chip["hbm_bytes"]
-  cost = _cost(compiled)
+  cost = measure.xla_cost(compiled)
   flops, nbytes = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
   compiler_s = cost.get("optimal_seconds")
   compute_s, memory_s = flops / chip["peak_flops"], nbytes / chip["hbm_bytes_per_s"]

@@ -93,6 +93,11 @@ class DiganSteps(phases.PhaseFunctions):
     )
 
   @property
+  def fsdp_split(self) -> bool:
+    """Whether parameters may be split over an fsdp axis (and are gathered for use)."""
+    return self.mesh.shape.get("fsdp", 1) > 1
+
+  @property
   def global_batch(self) -> int:
     return self.cfg.global_batch
 
@@ -181,7 +186,7 @@ class DiganSteps(phases.PhaseFunctions):
     """The optimiser step of a phase on its network: official nan_to_num, then Adam."""
     net = self.phase(result.phase).network
     grads = result.grads
-    if self.mesh.shape.get("fsdp", 1) > 1:  # reduce-scatter onto the parameters' split
+    if self.fsdp_split:  # reduce-scatter onto the parameters' split
       grads = jax.lax.with_sharding_constraint(
         grads, getattr(self.state_shardings, f"{net}_params")
       )
@@ -204,7 +209,7 @@ class DiganSteps(phases.PhaseFunctions):
     Auto-axis mesh kept weights split and all-gathered batch-sized activations instead (measured
     with digan_jax.aot at 256 chips: more temp memory than fsdp saved).
     """
-    if self.mesh.shape.get("fsdp", 1) == 1:
+    if not self.fsdp_split:
       return state
     whole = sharding.replicated(self.mesh)
     pin = lambda tree: jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, whole), tree)

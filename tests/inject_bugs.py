@@ -55,7 +55,7 @@ MUTATIONS = (
     "fsdp_gather",
     "fsdp weights left split in the phases (XLA gathers activations instead)",
     "digan_jax/steps.py",
-    '    if self.mesh.shape.get("fsdp", 1) == 1:\n      return state\n    whole',
+    "    if not self.fsdp_split:\n      return state\n    whole",
     "    return state\n    whole",
     ("tests/test_aot.py::test_tiny_model_with_fsdp_fits_on_256_chips",),
   ),

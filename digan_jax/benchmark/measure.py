@@ -57,12 +57,18 @@ def run_fields() -> dict[str, Any]:
   )
 
 
-def xla_flops(compiled) -> float | None:
-  """FLOPs of one call of a compiled executable per device (XLA cost analysis), if reported."""
+def xla_cost(compiled) -> dict[str, float]:
+  """XLA's cost analysis of a compiled executable per device ({} where none is reported)."""
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
     cost = cost[0] if cost else None
-  return float(cost["flops"]) if cost and "flops" in cost else None
+  return dict(cost or {})
+
+
+def xla_flops(compiled) -> float | None:
+  """FLOPs of one call of a compiled executable per device (XLA cost analysis), if reported."""
+  cost = xla_cost(compiled)
+  return float(cost["flops"]) if "flops" in cost else None
 
 
 def rates(
