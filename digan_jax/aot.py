@@ -17,6 +17,9 @@ the EMA generator's render and the FVD feature graph, and prints JSON per functi
   roofline      max(flops / peak bf16, bytes / HBM bandwidth) seconds, its bound (compute or
                 memory), the videos/s per chip it implies and the implied MFU (flops / time / peak)
   collectives   count and result bytes of each collective op in the optimised HLO
+  kernels       libtpu's own per-kernel estimates (`estimated_cycles`) summed, in seconds at the
+                chip's clock where reference.json has one, and the source ops (network/layer)
+                that take most of them, with their bytes (digan_jax/hlo_profile.py)
   compile_s     seconds this host took to compile it
 
 `iteration` amortises the lazy R1 variant over config.train.r1_every. These are compiler estimates
@@ -31,7 +34,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import sys
 import time
 from typing import Any, Callable
@@ -42,19 +44,11 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from digan_jax import cli_flags, sharding, target
+from digan_jax import cli_flags, hlo_profile, sharding, target
 from digan_jax.benchmark import measure
 from digan_jax.errors import ConfigError, UserError
 
 FUNCTIONS = ("train", "render", "fvd")
-COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
-_COLLECTIVE_RE = re.compile(
-  r"=\s*(?P<shape>\(?[^=]*?\)?)\s+(?P<op>" + "|".join(COLLECTIVES) + r")(?P<start>-start)?\("
-)
-_ARRAY_RE = re.compile(r"\b(pred|s8|u8|s16|u16|s32|u32|s64|u64|bf16|f16|f32|f64|c64)\[([\d,]*)\]")
-_DTYPE_BYTES = dict(
-  pred=1, s8=1, u8=1, s16=2, u16=2, bf16=2, f16=2, s32=4, u32=4, f32=4, s64=8, u64=8, f64=8, c64=8
-)
 
 
 # ---- the target ----
@@ -94,29 +88,13 @@ def chip_facts(devices: list[jax.Device], topology: str) -> dict[str, Any]:
         hbm_bytes=entry["hbm_bytes"] // per_chip,
         hbm_bytes_per_s=entry["hbm_bytes_per_s"] / per_chip,
         peak_flops=entry["peak_flops_bf16"] / per_chip,
+        clock_hz=entry.get("tensorcore_clock_hz"),
         source=entry["source"],
       )
   raise UserError(f"no HBM/peak entry for device kind {kind!r} in benchmark/reference.json chips")
 
 
 # ---- what a compiled executable says ----
-
-
-def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
-  """{op: {count, bytes, max_bytes}} over the optimised HLO (async ops counted once, at their
-  start; max_bytes: the largest single op)."""
-  out = {op: dict(count=0, bytes=0, max_bytes=0) for op in COLLECTIVES}
-  for m in _COLLECTIVE_RE.finditer(hlo_text):
-    arrays = [
-      _DTYPE_BYTES[dt] * math.prod(int(d) for d in dims.split(",") if d)
-      for dt, dims in _ARRAY_RE.findall(m["shape"])
-    ]
-    if m["start"] and m["op"] in ("all-gather", "collective-permute") and len(arrays) > 1:
-      arrays = arrays[len(arrays) // 2 :]  # (operands, results[, contexts]): count the results
-    out[m["op"]]["count"] += 1
-    out[m["op"]]["bytes"] += sum(arrays)
-    out[m["op"]]["max_bytes"] = max(out[m["op"]]["max_bytes"], sum(arrays))
-  return out
 
 
 def report(compiled, chip: dict[str, Any], items_per_device: float) -> dict[str, Any]:
@@ -136,6 +114,7 @@ def report(compiled, chip: dict[str, Any], items_per_device: float) -> dict[str,
   memory["hbm_bytes"] = chip["hbm_bytes"]
   memory["hbm_fraction"] = memory["total_bytes"] / chip["hbm_bytes"]
   memory["fits"] = memory["total_bytes"] <= chip["hbm_bytes"]
+  text = compiled.as_text()
   cost = measure.xla_cost(compiled)
   flops, nbytes = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
   compiler_s = cost.get("optimal_seconds")
@@ -155,7 +134,20 @@ def report(compiled, chip: dict[str, Any], items_per_device: float) -> dict[str,
       videos_per_s_per_device=items_per_device / seconds if seconds else None,
       mfu=compute_s / seconds if seconds else None,
     ),
-    collectives=collectives(compiled.as_text()),
+    collectives=hlo_profile.collectives(text),
+    kernels=kernel_estimate(text, chip),
+  )
+
+
+def kernel_estimate(hlo_text: str, chip: dict[str, Any], top: int = 12) -> dict[str, Any]:
+  """The compiler's own per-kernel time estimates (TPU `estimated_cycles`), summed and at the
+  chip's clock where known, and the source ops that take most of them (with their bytes)."""
+  cycles = hlo_profile.by_source(hlo_profile.instructions(hlo_text), "cycles", top, depth=5)
+  clock = chip.get("clock_hz")
+  return dict(
+    estimated_cycles=cycles["total"],
+    estimated_seconds=cycles["total"] / clock if clock and cycles["total"] else None,
+    top_by_cycles=cycles["top"],
   )
 
 
@@ -315,8 +307,12 @@ def compile_for_topology(
     ) / every
     flops = (plain["flops"] * (every - 1) + sum(v["flops"] for v in lazy)) / every
     per_device = plain["roofline"]["items_per_device"]
+    estimates = [v["kernels"]["estimated_seconds"] for v in (plain, *lazy)]
     result["iteration"] = dict(
       seconds=seconds,
+      estimated_seconds=None
+      if None in estimates
+      else (estimates[0] * (every - 1) + sum(estimates[1:])) / every,
       videos_per_s_per_device=per_device / seconds,
       kimg_per_day=per_device * len(devices) / seconds * 86400 / 1000,
       mfu=flops / chip["peak_flops"] / seconds,

@@ -163,9 +163,9 @@ MUTATIONS = (
     "bf16",
     "bfloat16 compute silently done in float32",
     "digan_jax/models/layers.py",
-    "return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)",
+    "return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=out_dtype or dtype)",
     "return jnp.matmul(x.astype(jnp.float32), w.astype(jnp.float32), "
-    "preferred_element_type=jnp.float32)",
+    "preferred_element_type=out_dtype or dtype)",
     ("tests/test_layers_fast_conv.py::test_bfloat16_compute_is_really_bfloat16",),
   ),
   Mutation(

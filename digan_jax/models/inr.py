@@ -106,4 +106,5 @@ class CoordFuser(nn.Module):
       + coords[None, :, :, None, 1] * freqs[:, None, None, :, 1]
     )  # [B, H, W, e]
     phi = spatial[:, None] + phase[:, :, None, None, :]
-    return jnp.concatenate([jnp.sin(phi), jnp.cos(phi)], axis=-1)
+    # Phases span many periods: sin/cos in float32, only the bounded features in compute dtype.
+    return jnp.concatenate([jnp.sin(phi), jnp.cos(phi)], axis=-1).astype(self.dtype)

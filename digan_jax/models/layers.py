@@ -1,9 +1,14 @@
 """StyleGAN2-ADA primitives with the official parametrisation (`training/networks.py`), in NHWC.
 
 Parameters are stored unscaled (equalised learning rate): the run-time gains are applied in the
-forward pass so that Adam sees the same tensors as the official code. Matmuls and convolutions
-take their operands in `dtype` (float32 by default, bfloat16 for speed runs) and accumulate and
-return float32, so biases, activations, clamps, normalisations and reductions stay float32.
+forward pass so that Adam sees the same tensors as the official code.
+
+Mixed precision (`dtype`, float32 by default): convolutions and per-pixel matmuls take their
+operands in `dtype` and return `dtype`, so with bfloat16 the spatial activations between layers
+(and their gradients) are stored and moved in bfloat16, which is what halves the memory traffic
+of the step; accumulation inside each conv/matmul is float32 on every backend. Parameters stay
+float32 and are cast at use. Per-sample vectors (mapping network, styles, the D's dense head)
+return float32, as do statistics and reductions (minibatch std, losses, R1).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ def bias_act(
 ):
   """Official bias_act order: add bias, activation, multiply by (default gain x gain), clamp."""
   if bias is not None:
-    x = x + bias
+    x = x + bias.astype(x.dtype)
   if activation == "lrelu":
     x = lrelu(x) * (SQRT2 * gain)
   elif activation == "linear":
@@ -50,9 +55,9 @@ def bias_act(
   return x
 
 
-def matmul(x, w, dtype: Dtype = jnp.float32):
-  """x @ w with operands in `dtype` and float32 accumulation/result."""
-  return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+def matmul(x, w, dtype: Dtype = jnp.float32, out_dtype: Dtype | None = None):
+  """x @ w with operands in `dtype`; the result in `out_dtype` (default: `dtype`)."""
+  return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=out_dtype or dtype)
 
 
 def normalize_2nd_moment(x, eps: float = 1e-8):
@@ -83,7 +88,7 @@ class FullyConnected(nn.Module):
     weight = self.param(
       "weight", _normal_init(1.0 / self.lr_multiplier), (in_features, self.features)
     )
-    y = matmul(x, weight, self.dtype) * (self.lr_multiplier / math.sqrt(in_features))
+    y = matmul(x, weight, self.dtype, jnp.float32) * (self.lr_multiplier / math.sqrt(in_features))
     bias = None
     if self.use_bias:
       bias = self.param("bias", nn.initializers.constant(self.bias_init), (self.features,))
@@ -206,7 +211,7 @@ def _conv(x, weight, stride: int, pad: int, dtype):
     window_strides=(stride, stride),
     padding=((pad, pad), (pad, pad)),
     dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    preferred_element_type=jnp.float32,
+    preferred_element_type=dtype,
   )
 
 
