@@ -38,7 +38,12 @@ def get_config():
   d.mbstd_num_channels = 1  # minibatch-std feature channels
   d.mapping_layers = 8  # label mapping depth of the projection head (c_dim > 0)
 
-  model.compute_dtype = "float32"  # "bfloat16" for speed runs; params stay float32
+  model.compute_dtype = "float32"  # "bfloat16": bf16 convs/matmuls and activations; params f32
+  # Rematerialisation (jax.checkpoint policy) of G's FMM layers / D's blocks: "none",
+  # "nothing_saveable", "dots_saveable" or "dots_with_no_batch_dims_saveable" (less memory, more
+  # FLOPs; `python -m digan_jax.aot` measures both).
+  model.generator_remat = "none"
+  model.discriminator_remat = "none"
 
   # ---- data ----
   config.data = data = ml_collections.ConfigDict()

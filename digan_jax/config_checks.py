@@ -31,6 +31,11 @@ def validate(config, num_devices: int | None = None) -> None:
   model = config.model
   if model.compute_dtype not in _DTYPES:
     _fail("model.compute_dtype", model.compute_dtype, f"choose one of {list(_DTYPES)}")
+  from digan_jax.models.layers import REMAT_POLICIES  # pylint: disable=g-import-not-at-top
+
+  for key in ("generator_remat", "discriminator_remat"):
+    if model[key] not in REMAT_POLICIES:
+      _fail(f"model.{key}", model[key], f"choose one of {list(REMAT_POLICIES)}")
 
   tc = config.train
   batch = _positive_int(tc, "global_batch_size", "train.global_batch_size")

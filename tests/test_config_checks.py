@@ -9,6 +9,8 @@ from digan_jax.errors import ConfigError, UserError
 
 BAD = [
   ("model.compute_dtype", "float16", "choose one of"),
+  ("model.generator_remat", "full", "nothing_saveable"),
+  ("model.discriminator_remat", "dots", "dots_saveable"),
   ("train.global_batch_size", 0, "positive integer"),
   ("train.num_micro_batches", 3, "must divide train.global_batch_size=64"),
   ("train.r1_every", 0, "positive integer"),

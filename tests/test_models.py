@@ -255,3 +255,38 @@ def test_discriminator_rejects_wrong_shapes():
     d.init(jax.random.key(0), jnp.zeros((2, 16, 16, 7)))
   with pytest.raises(ValueError, match="7 channels"):
     d.init(jax.random.key(0), jnp.zeros((2, 32, 32, 6)))
+
+
+@pytest.mark.parametrize("policy", ["nothing_saveable", "dots_saveable"])
+def test_remat_keeps_parameters_outputs_and_gradients(tiny, policy):
+  """Rematerialised G (FMM layers) and D (blocks): the same parameter tree, outputs and gradients
+  (recomputation only reorders float32 work), and the recomputation is really in the program."""
+  g, variables, z, zm = tiny
+  times = jnp.array([0.0, 0.5])
+  dcfg = DiscriminatorConfig(resolution=32, channel_base=256, channel_max=16)
+  x = jax.random.normal(jax.random.key(3), (4, 32, 32, 7))
+  d = DualDiscriminator(dcfg)
+  dv = d.init(jax.random.key(4), x)
+  jit = functools.partial(jax.jit, compiler_options=tiny_digan.COMPILER_OPTIONS)
+
+  def losses(gen, disc):
+    def loss(gv, dv):
+      frames = gen.apply(gv, z, zm, times)
+      m, i = disc.apply(dv, x + jnp.mean(frames))
+      return jnp.sum(m) + jnp.sum(i) + jnp.sum(frames**2)
+
+    return jit(jax.value_and_grad(loss, argnums=(0, 1)))
+
+  g2, d2 = Generator(TINY, remat=policy), DualDiscriminator(dcfg, remat=policy)
+  assert jax.tree.structure(g2.init(jax.random.key(0), z, zm, times)) == jax.tree.structure(
+    variables
+  )
+  assert jax.tree.structure(d2.init(jax.random.key(4), x)) == jax.tree.structure(dv)
+  (v1, g1), (v2, gr2) = losses(g, d)(variables, dv), losses(g2, d2)(variables, dv)
+  np.testing.assert_allclose(v2, v1, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(gr2), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6 * float(np.abs(b).max()))
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda gv: jnp.sum(g2.apply(gv, z, zm, times))))(variables))
+  assert "remat" in jaxpr or "checkpoint" in jaxpr
+  with pytest.raises(ValueError, match="choose one of"):
+    Generator(TINY, remat="everything").init(jax.random.key(0), z, zm, times)

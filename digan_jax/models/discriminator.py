@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from digan_jax.models.generator import MappingNetwork
-from digan_jax.models.layers import Conv2d, Dtype, FullyConnected, minibatch_std
+from digan_jax.models.layers import Conv2d, Dtype, FullyConnected, minibatch_std, remat
 
 SQRT_HALF = math.sqrt(0.5)
 
@@ -73,6 +73,7 @@ class Discriminator(nn.Module):
 
   config: DiscriminatorConfig
   dtype: Dtype = jnp.float32
+  remat: str = "none"  # layers.REMAT_POLICIES, for the resnet blocks
 
   @nn.compact
   def __call__(self, img, labels=None):
@@ -90,8 +91,9 @@ class Discriminator(nn.Module):
       dtype=self.dtype,
       name=f"b{res0}_fromrgb",
     )(img)
+    block = remat(DiscriminatorBlock, self.remat)
     for res in cfg.block_resolutions:
-      x = DiscriminatorBlock(
+      x = block(
         cfg.channels(res // 2), cfg.conv_clamp, dtype=self.dtype, name=f"b{res}"
       )(x)
     # Epilogue at 4x4.
@@ -127,10 +129,11 @@ class DualDiscriminator(nn.Module):
 
   config: DiscriminatorConfig
   dtype: Dtype = jnp.float32
+  remat: str = "none"
 
   def setup(self):
-    self.motion_d = Discriminator(self.config, dtype=self.dtype)
-    self.image_d = Discriminator(self.config, dtype=self.dtype)
+    self.motion_d = Discriminator(self.config, dtype=self.dtype, remat=self.remat)
+    self.image_d = Discriminator(self.config, dtype=self.dtype, remat=self.remat)
 
   def motion(self, x7, labels=None):
     if x7.shape[-1] != 7:

@@ -31,6 +31,8 @@ def discriminator_config(model_config) -> DiscriminatorConfig:
 def build(model_config) -> tuple[Generator, DualDiscriminator]:
   dtype = compute_dtype(model_config)
   return (
-    Generator(generator_config(model_config), dtype=dtype),
-    DualDiscriminator(discriminator_config(model_config), dtype=dtype),
+    Generator(generator_config(model_config), dtype=dtype, remat=model_config.generator_remat),
+    DualDiscriminator(
+      discriminator_config(model_config), dtype=dtype, remat=model_config.discriminator_remat
+    ),
   )

@@ -22,6 +22,7 @@ from digan_jax.models.layers import (
   FullyConnected,
   bias_act,
   normalize_2nd_moment,
+  remat,
   upsample_nearest2x,
 )
 
@@ -178,6 +179,7 @@ class SynthesisNetwork(nn.Module):
 
   config: GeneratorConfig
   dtype: Dtype = jnp.float32
+  remat: str = "none"  # layers.REMAT_POLICIES, for the FMM layers
 
   def _fuser(self, name):
     cfg = self.config
@@ -188,7 +190,8 @@ class SynthesisNetwork(nn.Module):
   @nn.compact
   def __call__(self, w, z_motion, times, grid: CoordGrid = CoordGrid()):
     cfg = self.config
-    fmm = lambda ch, name: FMMLayer(ch, cfg.fmm_rank, dtype=self.dtype, name=name)
+    fmm_cls = remat(FMMLayer, self.remat)
+    fmm = lambda ch, name: fmm_cls(ch, cfg.fmm_rank, dtype=self.dtype, name=name)
     torgb = lambda name: ToRGB(dtype=self.dtype, name=name)
     level = cfg.input_resolution
     x = self._fuser("b4_coord_fuser")(w, z_motion, times, grid.coords(level))
@@ -215,6 +218,7 @@ class Generator(nn.Module):
 
   config: GeneratorConfig
   dtype: Dtype = jnp.float32
+  remat: str = "none"  # layers.REMAT_POLICIES, for the synthesis network's FMM layers
 
   def setup(self):
     cfg = self.config
@@ -227,7 +231,7 @@ class Generator(nn.Module):
       cfg.w_avg_beta,
       dtype=self.dtype,
     )
-    self.synthesis = SynthesisNetwork(cfg, dtype=self.dtype)
+    self.synthesis = SynthesisNetwork(cfg, dtype=self.dtype, remat=self.remat)
 
   def map(self, z_content, labels=None, truncation_psi: float = 1.0, update_w_avg: bool = False):
     return self.mapping(z_content, labels, truncation_psi, update_w_avg)

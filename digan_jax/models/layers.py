@@ -29,6 +29,21 @@ SQRT2 = math.sqrt(2.0)
 FIR_1D = np.array([1.0, 3.0, 3.0, 1.0], np.float32) / 8.0
 
 
+# Rematerialisation policies for the per-pixel layers of G and the blocks of D (config.model.
+# generator_remat / discriminator_remat): "none" stores every activation for the backward pass;
+# the others are jax.checkpoint_policies (nothing_saveable recomputes the whole layer).
+REMAT_POLICIES = ("none", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
+
+
+def remat(module_cls, policy: str):
+  """`module_cls` under jax.checkpoint with the named policy (itself for "none")."""
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"remat policy {policy!r}; choose one of {list(REMAT_POLICIES)}")
+  if policy == "none":
+    return module_cls
+  return nn.remat(module_cls, policy=getattr(jax.checkpoint_policies, policy))
+
+
 def lrelu(x, slope: float = 0.2):
   # `x > 0`, not `>=`: at exactly 0 the derivative is the slope, as in the official bias_act
   # (CUDA kernel and torch reference alike). Translation fill and cutout put exact zeros into D's
