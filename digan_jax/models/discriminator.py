@@ -93,9 +93,7 @@ class Discriminator(nn.Module):
     )(img)
     block = remat(DiscriminatorBlock, self.remat)
     for res in cfg.block_resolutions:
-      x = block(
-        cfg.channels(res // 2), cfg.conv_clamp, dtype=self.dtype, name=f"b{res}"
-      )(x)
+      x = block(cfg.channels(res // 2), cfg.conv_clamp, dtype=self.dtype, name=f"b{res}")(x)
     # Epilogue at 4x4.
     ch4 = cfg.channels(4)
     if cfg.mbstd_num_channels:

@@ -111,15 +111,23 @@ class FullyConnected(nn.Module):
     return bias_act(y, bias, self.activation)
 
 
-def fir_downsample_valid(x, down: int):
-  """Depthwise 4x4 FIR (valid) on NHWC input, then keep every `down`-th pixel from 0."""
-  f = FIR_1D
-  for axis in (1, 2):
-    n = x.shape[axis] - 3
-    x = sum(float(f[k]) * jax.lax.slice_in_dim(x, k, k + n, axis=axis) for k in range(4))
-    if down > 1:
-      x = jax.lax.slice_in_dim(x, 0, n, stride=down, axis=axis)
-  return x
+def fir_downsample(x, down: int, pad: int):
+  """Pad `pad` each side, depthwise 4x4 FIR, keep every `down`-th pixel from 0 (NHWC).
+
+  One depthwise conv, not a sum of shifted slices: on TPU the slice form wrote and re-read the
+  full-resolution input per tap in the forward, its transpose and R1's double backward (libtpu's
+  estimate for D's forward + backward at 128², batch 4: 23.5 ms vs 30.3 ms, README).
+  """
+  c = x.shape[-1]
+  kernel = np.broadcast_to(np.outer(FIR_1D, FIR_1D)[:, :, None, None], (4, 4, 1, c))
+  return jax.lax.conv_general_dilated(
+    x,
+    jnp.asarray(kernel, x.dtype),
+    window_strides=(down, down),
+    padding=((pad, pad), (pad, pad)),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count=c,
+  )
 
 
 class Conv2d(nn.Module):
@@ -157,14 +165,9 @@ def down_conv_fir(x, weight, down: int, dtype):
   k = weight.shape[0]
   if k == 1:
     # 1x1 with down: pad 1, FIR, subsample, then the 1x1 conv (cheaper order, same result).
-    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    x = fir_downsample_valid(x, down)
-    return _conv(x, weight, 1, 0, dtype)
+    return _conv(fir_downsample(x, down, 1), weight, 1, 0, dtype)
   # kxk with down: pad k//2 + 1 each side, FIR (valid), strided conv without padding.
-  p = k // 2 + 1
-  x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-  x = fir_downsample_valid(x, 1)
-  return _conv(x, weight, down, 0, dtype)
+  return _conv(fir_downsample(x, 1, k // 2 + 1), weight, down, 0, dtype)
 
 
 def _fir_phases(even, odd, axis: int):
