@@ -269,6 +269,7 @@ def compile_for_topology(
     global_batch=int(config.train.global_batch_size),
     per_device_batch=int(config.train.global_batch_size) // batch_devices,
     compute_dtype=str(config.model.compute_dtype),
+    remat=_remat_label(config.model),
     r1_every=int(config.train.r1_every),
     host=measure.run_fields(),
     functions={},
@@ -318,6 +319,11 @@ def compile_for_topology(
       mfu=flops / chip["peak_flops"] / seconds,
     )
   return result
+
+
+def _remat_label(model) -> str:
+  g, d = model.generator_remat, model.discriminator_remat
+  return "none" if g == d == "none" else f"G {g}, D {d}"
 
 
 def too_big(result: dict[str, Any]) -> str | None:

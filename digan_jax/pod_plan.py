@@ -1,0 +1,145 @@
+"""A pod plan from AOT reports: step time, videos/s, days and chip-hours to a training length.
+
+  python -m digan_jax.pod_plan --reports=a.json:4,a.json:16,b.json:64 [--r1_from=c.json] \\
+      [--total_kimg=25000]
+
+Each `--reports` entry is a `digan_jax.aot` JSON and the chip count to plan for (default: the
+compiled topology's). The per-chip program of a data-parallel step depends on the per-chip batch,
+not on the chip count (only the gradient all-reduce grows, and it is overlapped with the backward
+pass), so a report compiled on 4 chips plans any count at the same per-chip batch: global batch =
+per-chip batch x chips. That projection is named in the `basis` column; rows compiled at their own
+topology say "compiled".
+
+Step time is the slower of the two compiler estimates: the roofline (FLOPs / peak vs bytes / HBM
+bandwidth) and libtpu's per-kernel `estimated_cycles` at the chip's clock. The lazy R1 iteration
+is amortised over `r1_every` from the report's own `iteration`, or else with the R1 overhead ratio
+of `--r1_from` (a report that compiled both variants, at the same per-chip batch where possible).
+Everything here is an estimate from a CPU host; `benchmark train` on the chips measures it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from absl import flags
+
+from digan_jax import cli_flags
+from digan_jax.errors import UserError
+
+
+def _seconds(entry: dict[str, Any]) -> float:
+  estimated = entry.get("kernels", {}).get("estimated_seconds")
+  return max(entry["roofline"]["seconds"], estimated or 0.0)
+
+
+def r1_overhead(report: dict[str, Any]) -> float:
+  """Amortised iteration time / plain iteration time of a report with both variants."""
+  fns = report["functions"]
+  lazy = [k for k in fns if k.startswith("train_step+")]
+  if "train_step" not in fns or not lazy:
+    raise UserError(
+      "--r1_from needs a report compiled with the lazy variants (no --nolazy_variants)"
+    )
+  every = max(1, int(report["r1_every"]))
+  plain = _seconds(fns["train_step"])
+  amortised = (plain * (every - 1) + sum(_seconds(fns[k]) for k in lazy)) / every
+  return amortised / plain
+
+
+def row(report: dict[str, Any], chips: int | None, total_kimg: float, r1_ratio: float | None):
+  """One plan row (a dict) for `report` run on `chips` chips."""
+  fns = report["functions"]
+  if "train_step" not in fns:
+    raise UserError(
+      f"report for {report['topology']} has no train_step (compile --functions=train)"
+    )
+  compiled_chips = report["chip"]["chips"]
+  chips = chips or compiled_chips
+  per_chip_batch = report["global_batch"] / compiled_chips
+  plain = _seconds(fns["train_step"])
+  lazy = [k for k in fns if k.startswith("train_step+")]
+  if lazy:
+    r1_ratio = r1_overhead(report)
+  if r1_ratio is None:
+    raise UserError(
+      f"report for {report['topology']} has no R1 variant; pass --r1_from=<report with both>"
+    )
+  seconds = plain * r1_ratio
+  videos_per_s = per_chip_batch * chips / seconds
+  days = total_kimg * 1000 / videos_per_s / 86400
+  memory = max(v["memory"]["total_bytes"] for v in fns.values() if "memory" in v)
+  mesh = report["mesh"]
+  return dict(
+    chip=report["chip"]["chip"],
+    chips=chips,
+    global_batch=int(round(per_chip_batch * chips)),
+    per_chip_batch=per_chip_batch,
+    mesh=f"{mesh.get('data', 1) * chips // compiled_chips} data x {mesh.get('fsdp', 1)} fsdp",
+    dtype=report["compute_dtype"],
+    remat=report.get("remat", "none"),
+    memory_gib=memory / 2**30,
+    hbm_gib=report["chip"]["hbm_bytes"] / 2**30,
+    step_s=seconds,
+    videos_per_s=videos_per_s,
+    days=days,
+    chip_hours=days * 24 * chips,
+    basis="compiled" if chips == compiled_chips else f"projected from {report['topology']}",
+    r1="compiled" if lazy else "ratio from --r1_from",
+  )
+
+
+def markdown(rows: list[dict[str, Any]], total_kimg: float) -> str:
+  head = (
+    "| chips | global batch | mesh | dtype, remat | per-chip memory | step (s) | videos/s | "
+    f"days to {total_kimg:,.0f} kimg | chip-hours | basis |\n|---|---|---|---|---|---|---|---|---|---|"
+  )
+  lines = [head]
+  for r in rows:
+    lines.append(
+      f"| {r['chip']} × {r['chips']} | {r['global_batch']} | {r['mesh']} | {r['dtype']}, "
+      f"{r['remat']} | {r['memory_gib']:.2f} / {r['hbm_gib']:.0f} GiB | {r['step_s']:.3f} | "
+      f"{r['videos_per_s']:.0f} | {r['days']:.1f} | {r['chip_hours']:,.0f} | {r['basis']}; "
+      f"R1 {r['r1']} |"
+    )
+  return "\n".join(lines)
+
+
+def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
+  flags.DEFINE_list("reports", None, "aot JSON files, each as FILE or FILE:CHIPS", flag_values=fv)
+  flags.mark_flag_as_required("reports", flag_values=fv)
+  flags.DEFINE_string("r1_from", "", "aot JSON with both iteration variants", flag_values=fv)
+  flags.DEFINE_float("total_kimg", 25_000, "training length in thousands of videos", flag_values=fv)
+  flags.DEFINE_boolean("json", False, "print the rows as JSON instead of a table", flag_values=fv)
+  return fv
+
+
+def main(argv, fv: flags.FlagValues = flags.FLAGS) -> int:
+  cli_flags.reject_positional(argv)
+  try:
+    ratio = r1_overhead(_load(fv.r1_from)) if fv.r1_from else None
+    rows = []
+    for spec in fv.reports:
+      path, _, chips = spec.partition(":")
+      rows.append(row(_load(path), int(chips) if chips else None, fv.total_kimg, ratio))
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps(rows, indent=1) if fv.json else markdown(rows, fv.total_kimg))
+  return 0
+
+
+def _load(path: str) -> dict[str, Any]:
+  try:
+    with open(path) as f:
+      report = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise UserError(f"cannot read aot report {path}: {e}") from e
+  if not isinstance(report, dict) or "functions" not in report or "chip" not in report:
+    raise UserError(f"{path} is not a digan_jax.aot report (no 'functions'/'chip')")
+  return report
+
+
+if __name__ == "__main__":
+  cli_flags.run_as_program(define_flags, main)

@@ -1,0 +1,71 @@
+"""pod_plan: days and chip-hours from AOT reports, projected over chip counts at a per-chip batch."""
+
+import json
+
+import pytest
+
+from digan_jax import pod_plan
+
+
+def _entry(roofline_s, estimated_s, total_bytes=2**30):
+  return dict(
+    roofline=dict(seconds=roofline_s),
+    kernels=dict(estimated_seconds=estimated_s),
+    memory=dict(total_bytes=total_bytes),
+  )
+
+
+def _report(with_r1=True):
+  functions = {"train_step": _entry(0.10, 0.08)}
+  if with_r1:
+    functions["train_step+r1"] = _entry(0.20, 0.26, 3 * 2**30)
+  return dict(
+    topology="v5e:2x2",
+    chip=dict(chip="v5e", chips=4, hbm_bytes=16 * 2**30),
+    global_batch=64,
+    mesh={"data": 4, "fsdp": 1},
+    compute_dtype="bfloat16",
+    r1_every=16,
+    functions=functions,
+  )
+
+
+def test_row_projects_the_per_chip_program_over_chips():
+  report = _report()
+  # The slower estimate of each variant (0.10 plain, 0.26 with R1), R1 once every 16 iterations.
+  step = (0.10 * 15 + 0.26) / 16
+  assert pod_plan.r1_overhead(report) == pytest.approx(step / 0.10)
+  here = pod_plan.row(report, None, 25_000, None)
+  assert here["basis"] == "compiled" and here["global_batch"] == 64 and here["chips"] == 4
+  assert here["step_s"] == pytest.approx(step)
+  assert here["videos_per_s"] == pytest.approx(64 / step)
+  assert here["days"] == pytest.approx(25e6 / (64 / step) / 86400)
+  assert here["chip_hours"] == pytest.approx(here["days"] * 24 * 4)
+  assert here["memory_gib"] == 3.0 and here["mesh"] == "4 data x 1 fsdp"
+  big = pod_plan.row(report, 64, 25_000, None)  # 16 videos per chip on 64 chips
+  assert big["global_batch"] == 1024 and big["mesh"] == "64 data x 1 fsdp"
+  assert big["basis"] == "projected from v5e:2x2"
+  assert big["days"] == pytest.approx(here["days"] / 16)
+  assert big["chip_hours"] == pytest.approx(here["chip_hours"])  # same work per video
+
+
+def test_plain_only_report_needs_an_r1_ratio(tmp_path):
+  plain = _report(with_r1=False)
+  with pytest.raises(pod_plan.UserError, match="--r1_from"):
+    pod_plan.row(plain, None, 25_000, None)
+  ratio = pod_plan.r1_overhead(_report())
+  r = pod_plan.row(plain, 16, 25_000, ratio)
+  assert r["step_s"] == pytest.approx(0.10 * ratio) and r["r1"] == "ratio from --r1_from"
+  a, b = tmp_path / "a.json", tmp_path / "b.json"
+  a.write_text(json.dumps(plain))
+  b.write_text(json.dumps(_report()))
+  argv = ["pod_plan", f"--reports={a}:16,{b}", f"--r1_from={b}"]
+  assert pod_plan_main(argv) == 0
+  (tmp_path / "bad.json").write_text("{}")
+  assert pod_plan_main(["pod_plan", f"--reports={tmp_path / 'bad.json'}"]) == 2
+
+
+def pod_plan_main(argv):
+  from digan_jax import cli_flags
+
+  return cli_flags.run_in_process(pod_plan.define_flags, pod_plan.main, argv)
