@@ -15,6 +15,10 @@ bandwidth) and libtpu's per-kernel `estimated_cycles` at the chip's clock. The l
 is amortised over `r1_every` from the report's own `iteration`, or else with the R1 overhead ratio
 of `--r1_from` (a report that compiled both variants, at the same per-chip batch where possible).
 Everything here is an estimate from a CPU host; `benchmark train` on the chips measures it.
+
+`--gpus=H100:8,A100:8` adds GPU rows that no compiler checked: the report's FLOPs per video
+(R1 amortised) over the GPU's dense bf16 peak (benchmark/reference.json) at each
+`--assumed_mfu`, so the days scale with the assumed MFU and nothing else.
 """
 
 from __future__ import annotations
@@ -90,6 +94,54 @@ def row(report: dict[str, Any], chips: int | None, total_kimg: float, r1_ratio: 
   )
 
 
+def flops_per_video(report: dict[str, Any]) -> float:
+  """Compiled FLOPs per video of one iteration, the lazy R1 variant amortised over r1_every."""
+  fns = report["functions"]
+  per_chip_batch = report["global_batch"] / report["chip"]["chips"]
+  lazy = [k for k in fns if k.startswith("train_step+")]
+  every = max(1, int(report["r1_every"]))
+  flops = fns["train_step"]["flops"]
+  if lazy:
+    flops = (flops * (every - 1) + sum(fns[k]["flops"] for k in lazy)) / every
+  return flops / per_chip_batch
+
+
+def gpu_row(report, gpu: str, count: int, mfu: float, total_kimg: float) -> dict[str, Any]:
+  from digan_jax.benchmark import measure  # pylint: disable=g-import-not-at-top
+
+  peaks = [
+    e["flops"]
+    for e in measure.reference()["peak_flops"]["entries"]
+    if e["device_kind"].lower() == gpu.lower() and e["dtype"] == "bfloat16"
+  ]
+  if not peaks:
+    raise UserError(f"no bfloat16 peak for GPU {gpu!r} in benchmark/reference.json peak_flops")
+  videos_per_s = count * peaks[0] * mfu / flops_per_video(report)
+  days = total_kimg * 1000 / videos_per_s / 86400
+  return dict(
+    gpu=gpu,
+    count=count,
+    assumed_mfu=mfu,
+    videos_per_s=videos_per_s,
+    days=days,
+    gpu_hours=days * 24 * count,
+    flops_per_video=flops_per_video(report),
+  )
+
+
+def gpu_markdown(rows: list[dict[str, Any]], total_kimg: float) -> str:
+  lines = [
+    f"| GPUs | assumed MFU | videos/s | days to {total_kimg:,.0f} kimg | GPU-hours |",
+    "|---|---|---|---|---|",
+  ]
+  for r in rows:
+    lines.append(
+      f"| {r['gpu']} × {r['count']} | {r['assumed_mfu']:.0%} (assumed) | {r['videos_per_s']:.0f} "
+      f"| {r['days']:.1f} | {r['gpu_hours']:,.0f} |"
+    )
+  return "\n".join(lines)
+
+
 def markdown(rows: list[dict[str, Any]], total_kimg: float) -> str:
   head = (
     "| chips | global batch | mesh | dtype, remat | per-chip memory | step (s) | videos/s | "
@@ -111,6 +163,8 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.mark_flag_as_required("reports", flag_values=fv)
   flags.DEFINE_string("r1_from", "", "aot JSON with both iteration variants", flag_values=fv)
   flags.DEFINE_float("total_kimg", 25_000, "training length in thousands of videos", flag_values=fv)
+  flags.DEFINE_list("gpus", [], "GPU rows as KIND:COUNT (e.g. H100:8), from FLOPs", flag_values=fv)
+  flags.DEFINE_list("assumed_mfu", ["0.15", "0.3"], "MFUs assumed for GPU rows", flag_values=fv)
   flags.DEFINE_boolean("json", False, "print the rows as JSON instead of a table", flag_values=fv)
   return fv
 
@@ -123,10 +177,22 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS) -> int:
     for spec in fv.reports:
       path, _, chips = spec.partition(":")
       rows.append(row(_load(path), int(chips) if chips else None, fv.total_kimg, ratio))
-  except UserError as e:
+    first = _load(fv.reports[0].partition(":")[0])
+    gpus = [
+      gpu_row(first, kind, int(count or 1), float(mfu), fv.total_kimg)
+      for kind, _, count in (g.partition(":") for g in fv.gpus)
+      for mfu in fv.assumed_mfu
+    ]
+  except (UserError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  print(json.dumps(rows, indent=1) if fv.json else markdown(rows, fv.total_kimg))
+  if fv.json:
+    print(json.dumps(dict(tpu=rows, gpu=gpus), indent=1))
+  else:
+    print(markdown(rows, fv.total_kimg))
+    if gpus:
+      print(f"\nGPU rows from {fv.reports[0]}'s FLOPs, not compiled:\n")
+      print(gpu_markdown(gpus, fv.total_kimg))
   return 0
 
 

@@ -12,6 +12,7 @@ def _entry(roofline_s, estimated_s, total_bytes=2**30):
     roofline=dict(seconds=roofline_s),
     kernels=dict(estimated_seconds=estimated_s),
     memory=dict(total_bytes=total_bytes),
+    flops=1e12,
   )
 
 
@@ -59,10 +60,22 @@ def test_plain_only_report_needs_an_r1_ratio(tmp_path):
   a, b = tmp_path / "a.json", tmp_path / "b.json"
   a.write_text(json.dumps(plain))
   b.write_text(json.dumps(_report()))
-  argv = ["pod_plan", f"--reports={a}:16,{b}", f"--r1_from={b}"]
+  argv = ["pod_plan", f"--reports={b},{a}:16", f"--r1_from={b}", "--gpus=H100:8"]
   assert pod_plan_main(argv) == 0
+  assert pod_plan_main(["pod_plan", f"--reports={b}", "--gpus=TPU9000:8"]) == 2
   (tmp_path / "bad.json").write_text("{}")
   assert pod_plan_main(["pod_plan", f"--reports={tmp_path / 'bad.json'}"]) == 2
+
+
+def test_gpu_rows_follow_flops_and_the_assumed_mfu():
+  report = _report()
+  for name, entry in report["functions"].items():
+    entry["flops"] = 1.6e12 * 16 if name == "train_step" else 3.2e12 * 16  # per chip, 16 videos
+  per_video = (1.6e12 * 15 + 3.2e12) / 16
+  assert pod_plan.flops_per_video(report) == pytest.approx(per_video)
+  r = pod_plan.gpu_row(report, "H100", 8, 0.25, 25_000)
+  assert r["videos_per_s"] == pytest.approx(8 * 989e12 * 0.25 / per_video)
+  assert r["gpu_hours"] == pytest.approx(25e6 / r["videos_per_s"] / 3600 * 8)
 
 
 def pod_plan_main(argv):
