@@ -44,7 +44,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from digan_jax import cli_flags, hlo_profile, sharding, target
+from digan_jax import cli_flags, fileio, hlo_profile, sharding, target
 from digan_jax.benchmark import measure
 from digan_jax.errors import ConfigError, UserError
 
@@ -248,8 +248,12 @@ def compile_for_topology(
   hlo_dir: str | None = None,
   log=print,
   lazy_variants: bool = True,
+  on_function: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-  """The JSON report of `functions` compiled for `topology` (see the module docstring)."""
+  """The JSON report of `functions` compiled for `topology` (see the module docstring).
+
+  `on_function(result)` runs after each function with the report so far: the paper-size R1
+  variant compiles for tens of minutes on a small host, and what finished before it is kept."""
   unknown = set(functions) - set(FUNCTIONS)
   if unknown:
     raise UserError(f"unknown --functions {sorted(unknown)}; choose from {', '.join(FUNCTIONS)}")
@@ -298,6 +302,8 @@ def compile_for_topology(
         os.makedirs(hlo_dir, exist_ok=True)
         with open(os.path.join(hlo_dir, f"{name}.hlo.txt"), "w") as f:
           f.write(compiled.as_text())
+      if on_function:
+        on_function(result)
   variants = {k: v for k, v in result["functions"].items() if k.startswith("train_step")}
   if len(variants) > 1:
     every = max(1, result["r1_every"])
@@ -368,20 +374,25 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS) -> int:
   cli_flags.reject_positional(argv)
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")  # quiets a libtpu host warning
   log = lambda msg: print(msg, file=sys.stderr, flush=True)
+  config_name = config_flags.get_config_filename(fv["config"])
+
+  def dump(result) -> str:
+    text = json.dumps(
+      dict(result, config=config_name), indent=2, default=lambda x: float(np.asarray(x))
+    )
+    if fv.output:  # rewritten after every function, atomically: a killed run keeps what finished
+      fileio.write_bytes(fv.output, (text + "\n").encode())
+    return text
+
   try:
     with contextlib.redirect_stdout(sys.stderr):
       result = compile_for_topology(
-        fv.config, fv.topology, fv.functions, fv.hlo_dir or None, log, fv.lazy_variants
+        fv.config, fv.topology, fv.functions, fv.hlo_dir or None, log, fv.lazy_variants, dump
       )
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  result["config"] = config_flags.get_config_filename(fv["config"])
-  text = json.dumps(result, indent=2, default=lambda x: float(np.asarray(x)))
-  print(text)
-  if fv.output:
-    with open(fv.output, "w") as f:
-      f.write(text + "\n")
+  print(dump(result))
   message = too_big(result)
   if message:
     print(f"error: {message}", file=sys.stderr)

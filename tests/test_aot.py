@@ -75,9 +75,16 @@ def test_train_step_compiles_for_v5e_2x2(libtpu_env, tmp_path):
   """The tiny config's training iteration for 4 v5e chips: every report field, a data-parallel
   all-reduce, and the strided XLA conv (not the CPU polyphase matmul) in the optimised HLO."""
   config = tiny_digan.tiny_config(global_batch=8)
+  partial = []  # each function's report is handed out as soon as it is compiled
   result = aot.compile_for_topology(
-    config, "v5e:2x2", functions=("train",), hlo_dir=str(tmp_path), log=lambda _: None
+    config,
+    "v5e:2x2",
+    functions=("train",),
+    hlo_dir=str(tmp_path),
+    log=lambda _: None,
+    on_function=lambda r: partial.append(sorted(r["functions"])),
   )
+  assert partial == [["train_step"]]
   assert result["num_devices"] == 4 and result["chip"]["chip"] == "v5e"
   assert result["chip"]["hbm_bytes"] == 16 * 2**30 and result["per_device_batch"] == 2
   (name,) = result["functions"]  # r1_every = 1: one variant, R1 every step
