@@ -306,8 +306,11 @@ def test_training_replays_the_public_phase_draws():
   same = _max_abs_diff(tiny_digan.host_params(drawn), tiny_digan.host_params(replayed))
   differ = _max_abs_diff(tiny_digan.host_params(drawn), tiny_digan.host_params(other))
   print(f"drawn vs replayed draws: {same:.3g}; vs draws of another step: {differ:.3g}")
-  assert same < 1e-6
-  assert differ > 1e-4
+  # The two programs fuse differently (draws made in the graph vs passed in), so they agree to
+  # float32 reassociation, not bitwise: measured 2.74e-6 (jax 0.10.2, numpy 2.4.6, optax 0.2.8,
+  # 2026-12-04; below 1e-6 with the stop-24 environment) vs 8.5e-3 for another step's draws.
+  assert same < 2e-5
+  assert differ > 1e-3
 
 
 def test_phase_outputs_in_global_order_with_micro_batches():
