@@ -68,7 +68,8 @@ def row(report: dict[str, Any], chips: int | None, total_kimg: float, r1_ratio: 
     r1_ratio = r1_overhead(report)
   if r1_ratio is None:
     raise UserError(
-      f"report for {report['topology']} has no R1 variant; pass --r1_from=<report with both>"
+      f"report for {report['topology']} has no R1 variant; pass --r1_from=<report with both> "
+      "or --r1_ratio"
     )
   seconds = plain * r1_ratio
   videos_per_s = per_chip_batch * chips / seconds
@@ -162,6 +163,13 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_list("reports", None, "aot JSON files, each as FILE or FILE:CHIPS", flag_values=fv)
   flags.mark_flag_as_required("reports", flag_values=fv)
   flags.DEFINE_string("r1_from", "", "aot JSON with both iteration variants", flag_values=fv)
+  flags.DEFINE_float(
+    "r1_ratio",
+    None,
+    "amortised / plain iteration time to assume where no report has the R1 variant (1.0: the "
+    "plain iteration only); rows say it was assumed",
+    flag_values=fv,
+  )
   flags.DEFINE_float("total_kimg", 25_000, "training length in thousands of videos", flag_values=fv)
   flags.DEFINE_list("gpus", [], "GPU rows as KIND:COUNT (e.g. H100:8), from FLOPs", flag_values=fv)
   flags.DEFINE_list("assumed_mfu", ["0.15", "0.3"], "MFUs assumed for GPU rows", flag_values=fv)
@@ -172,11 +180,15 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
 def main(argv, fv: flags.FlagValues = flags.FLAGS) -> int:
   cli_flags.reject_positional(argv)
   try:
-    ratio = r1_overhead(_load(fv.r1_from)) if fv.r1_from else None
+    ratio = r1_overhead(_load(fv.r1_from)) if fv.r1_from else fv.r1_ratio
+    label = "ratio from --r1_from" if fv.r1_from else f"assumed x{fv.r1_ratio}"
     rows = []
     for spec in fv.reports:
       path, _, chips = spec.partition(":")
-      rows.append(row(_load(path), int(chips) if chips else None, fv.total_kimg, ratio))
+      r = row(_load(path), int(chips) if chips else None, fv.total_kimg, ratio)
+      if r["r1"] != "compiled":
+        r["r1"] = label
+      rows.append(r)
     first = _load(fv.reports[0].partition(":")[0])
     gpus = [
       gpu_row(first, kind, int(count or 1), float(mfu), fv.total_kimg)
@@ -191,7 +203,7 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS) -> int:
   else:
     print(markdown(rows, fv.total_kimg))
     if gpus:
-      print(f"\nGPU rows from {fv.reports[0]}'s FLOPs, not compiled:\n")
+      print(f"\nGPU rows from the FLOPs of {fv.reports[0].partition(':')[0]}, not compiled:\n")
       print(gpu_markdown(gpus, fv.total_kimg))
   return 0
 

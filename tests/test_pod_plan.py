@@ -63,6 +63,8 @@ def test_plain_only_report_needs_an_r1_ratio(tmp_path):
   argv = ["pod_plan", f"--reports={b},{a}:16", f"--r1_from={b}", "--gpus=H100:8"]
   assert pod_plan_main(argv) == 0
   assert pod_plan_main(["pod_plan", f"--reports={b}", "--gpus=TPU9000:8"]) == 2
+  assert pod_plan_main(["pod_plan", f"--reports={a}"]) == 2  # no R1 anywhere
+  assert pod_plan_main(["pod_plan", f"--reports={a}", "--r1_ratio=1.0", "--json"]) == 0
   (tmp_path / "bad.json").write_text("{}")
   assert pod_plan_main(["pod_plan", f"--reports={tmp_path / 'bad.json'}"]) == 2
 
