@@ -345,7 +345,8 @@ def too_big(result: dict[str, Any]) -> str | None:
     f"does not fit in {result['chip']['hbm_bytes'] / 2**30:.1f} GiB of HBM per device on "
     f"{result['topology']}: {listed}. Lower the per-device batch (per_device_batch="
     f"{result['per_device_batch']}: fewer --config.train.global_batch_size or more chips), "
-    "raise --config.train.num_micro_batches, or use --config.model.compute_dtype=bfloat16"
+    "raise --config.train.num_micro_batches, use --config.model.compute_dtype=bfloat16, or "
+    "rematerialise (--config.model.generator_remat=nothing_saveable, same for discriminator_remat)"
   )
 
 

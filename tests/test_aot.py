@@ -158,6 +158,6 @@ def test_too_big_names_bytes_hbm_and_what_helps():
   )
   message = aot.too_big(result)
   assert "train_step needs 20.00 GiB" in message and "16.0 GiB" in message
-  assert "render" not in message and "global_batch_size" in message
+  assert "render" not in message and "global_batch_size" in message and "_remat" in message
   result["functions"]["train_step"]["memory"]["fits"] = True
   assert aot.too_big(result) is None
