@@ -44,7 +44,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from digan_jax import cli_flags, fileio, hlo_profile, sharding, target
+from digan_jax import cli_flags, fileio, hlo_profile, pod_plan, sharding, target
 from digan_jax.benchmark import measure
 from digan_jax.errors import ConfigError, UserError
 
@@ -97,8 +97,11 @@ def chip_facts(devices: list[jax.Device], topology: str) -> dict[str, Any]:
 # ---- what a compiled executable says ----
 
 
-def report(compiled, chip: dict[str, Any], items_per_device: float) -> dict[str, Any]:
-  """Memory, cost, roofline and collectives of one compiled function, per device."""
+def report(
+  compiled, chip: dict[str, Any], items_per_device: float, text: str | None = None
+) -> dict[str, Any]:
+  """Memory, cost, roofline and collectives of one compiled function, per device (`text`: its
+  optimised HLO, when the caller already has it; printing a paper-size module takes seconds)."""
   mem = compiled.memory_analysis()
   memory = {
     k: int(getattr(mem, f"{k}_size_in_bytes"))
@@ -114,7 +117,7 @@ def report(compiled, chip: dict[str, Any], items_per_device: float) -> dict[str,
   memory["hbm_bytes"] = chip["hbm_bytes"]
   memory["hbm_fraction"] = memory["total_bytes"] / chip["hbm_bytes"]
   memory["fits"] = memory["total_bytes"] <= chip["hbm_bytes"]
-  text = compiled.as_text()
+  text = compiled.as_text() if text is None else text
   cost = measure.xla_cost(compiled)
   flops, nbytes = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
   compiler_s = cost.get("optimal_seconds")
@@ -291,7 +294,8 @@ def compile_for_topology(
     for name, lower, items in todo:
       log(f"compiling {name} for {topology} ...")
       compiled, seconds = _compile(lower)
-      entry = report(compiled, chip, items)
+      text = compiled.as_text()
+      entry = report(compiled, chip, items, text)
       entry["compile_s"] = seconds
       result["functions"][name] = entry
       log(
@@ -301,25 +305,25 @@ def compile_for_topology(
       if hlo_dir:
         os.makedirs(hlo_dir, exist_ok=True)
         with open(os.path.join(hlo_dir, f"{name}.hlo.txt"), "w") as f:
-          f.write(compiled.as_text())
+          f.write(text)
       if on_function:
         on_function(result)
   variants = {k: v for k, v in result["functions"].items() if k.startswith("train_step")}
   if len(variants) > 1:
-    every = max(1, result["r1_every"])
-    plain = next(v for k, v in variants.items() if k == "train_step")
+    plain = variants["train_step"]
     lazy = [v for k, v in variants.items() if k != "train_step"]
-    seconds = (
-      plain["roofline"]["seconds"] * (every - 1) + sum(v["roofline"]["seconds"] for v in lazy)
-    ) / every
-    flops = (plain["flops"] * (every - 1) + sum(v["flops"] for v in lazy)) / every
+    per_iteration = lambda get: pod_plan.amortised(
+      get(plain), [get(v) for v in lazy], result["r1_every"]
+    )
+    seconds = per_iteration(lambda v: v["roofline"]["seconds"])
+    flops = per_iteration(lambda v: v["flops"])
     per_device = plain["roofline"]["items_per_device"]
     estimates = [v["kernels"]["estimated_seconds"] for v in (plain, *lazy)]
     result["iteration"] = dict(
       seconds=seconds,
       estimated_seconds=None
       if None in estimates
-      else (estimates[0] * (every - 1) + sum(estimates[1:])) / every,
+      else per_iteration(lambda v: v["kernels"]["estimated_seconds"]),
       videos_per_s_per_device=per_device / seconds,
       kimg_per_day=per_device * len(devices) / seconds * 86400 / 1000,
       mfu=flops / chip["peak_flops"] / seconds,

@@ -38,6 +38,12 @@ def _seconds(entry: dict[str, Any]) -> float:
   return max(entry["roofline"]["seconds"], estimated or 0.0)
 
 
+def amortised(plain: float, lazy: list[float], every: int) -> float:
+  """Per-iteration value when each lazy variant replaces the plain iteration once every `every`."""
+  every = max(1, int(every))
+  return (plain * (every - 1) + sum(lazy)) / every
+
+
 def r1_overhead(report: dict[str, Any]) -> float:
   """Amortised iteration time / plain iteration time of a report with both variants."""
   fns = report["functions"]
@@ -46,10 +52,8 @@ def r1_overhead(report: dict[str, Any]) -> float:
     raise UserError(
       "--r1_from needs a report compiled with the lazy variants (no --nolazy_variants)"
     )
-  every = max(1, int(report["r1_every"]))
   plain = _seconds(fns["train_step"])
-  amortised = (plain * (every - 1) + sum(_seconds(fns[k]) for k in lazy)) / every
-  return amortised / plain
+  return amortised(plain, [_seconds(fns[k]) for k in lazy], report["r1_every"]) / plain
 
 
 def row(report: dict[str, Any], chips: int | None, total_kimg: float, r1_ratio: float | None):
@@ -100,10 +104,7 @@ def flops_per_video(report: dict[str, Any]) -> float:
   fns = report["functions"]
   per_chip_batch = report["global_batch"] / report["chip"]["chips"]
   lazy = [k for k in fns if k.startswith("train_step+")]
-  every = max(1, int(report["r1_every"]))
-  flops = fns["train_step"]["flops"]
-  if lazy:
-    flops = (flops * (every - 1) + sum(fns[k]["flops"] for k in lazy)) / every
+  flops = amortised(fns["train_step"]["flops"], [fns[k]["flops"] for k in lazy], report["r1_every"])
   return flops / per_chip_batch
 
 
