@@ -79,7 +79,11 @@ def get_config():
   train.augment = "color,translation"  # DiffAugment policy ("" = off; add "cutout" if wanted)
   train.augment_translation = 0.125  # max shift as a fraction of the frame
   train.augment_cutout = 0.5  # cutout size as a fraction of the frame
-  train.nonfinite_patience = 20  # stop after this many consecutive non-finite losses
+  # A non-finite iteration: "stop" keeps the official update (gradients nan_to_num'd) and stops
+  # after nonfinite_patience non-finite logged losses in a row; "skip" does not apply it (counted as
+  # train/skipped) and stops after nonfinite_patience log intervals in which every step was skipped.
+  train.nonfinite_policy = "stop"
+  train.nonfinite_patience = 20
 
   # ---- parallelism ----
   config.mesh = mesh = ml_collections.ConfigDict()
@@ -110,6 +114,7 @@ def get_config():
 
   # ---- sampling ----
   config.sample = sample = ml_collections.ConfigDict()
+  sample.step = -1  # checkpoint step that --mode=sample renders (-1 = the latest)
   sample.num_videos = 16  # videos per sample grid
   sample.num_frames = 16  # frames per sample video
   sample.t_end = 1.0  # last time (> 1 extrapolates)

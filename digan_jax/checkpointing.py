@@ -15,14 +15,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
+import time
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
-from digan_jax import fileio
+from digan_jax import fileio, sharding
 from digan_jax.errors import UserError
 from digan_jax.fileio import as_path
 from digan_jax.models.discriminator import DiscriminatorConfig
@@ -71,22 +74,63 @@ def save_networks(
   return as_path(directory) / str(step)
 
 
-def restore_generator(directory, step: int | None = None):
-  """(GeneratorConfig, EMA generator variables as NumPy, step) from a checkpoint directory."""
+def restore_generator(directory, step: int | None = None, step_flag: str = "--step"):
+  """(GeneratorConfig, EMA generator variables as NumPy, step) from a checkpoint directory.
+
+  A step whose files do not read back is named, with the other steps (pass one with `step_flag`).
+  """
   directory = as_path(directory)
   if not directory.exists():
     raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
   mngr = manager(directory, create=False)
   steps = mngr.all_steps()
+  mngr.close()
   if not steps:
     raise FileNotFoundError(f"no checkpoint steps under {directory}")
   step = max(steps) if step is None else step
   if step not in steps:
     raise FileNotFoundError(f"step {step} not in {directory} (available: {sorted(steps)})")
-  card = mngr.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))["model"]
-  gcfg, _ = configs_from_card(card)
-  mngr.close()
-  return gcfg, restore_numpy(directory, step, "g_ema"), step
+  try:
+    card = read_items(directory, step, ("model",))["model"]
+    gcfg, _ = configs_from_card(card)
+    g_ema = restore_numpy(directory, step, "g_ema")
+  except Exception as e:  # noqa: BLE001 - any read failure of committed files is damage
+    others = sorted(set(steps) - {step})
+    raise UserError(
+      f"checkpoint {step} in {directory} is damaged ({short_error(e)}); "
+      + (f"pass {step_flag}=<one of {others}>" if others else "no other step to use")
+    ) from e
+  return gcfg, g_ema, step
+
+
+def short_error(e: BaseException) -> str:
+  """One line for an error: the storage status (`OUT_OF_RANGE: Error reading ...`) where one is
+  in its cause chain (TensorStore errors wrap it in pages of specs), else the first line."""
+  chain = [e]
+  while chain[-1].__cause__ is not None and len(chain) < 10:
+    chain.append(chain[-1].__cause__)
+  texts = [f"{type(x).__name__}: {str(x).strip()}" for x in chain]
+  status = [t for t in texts if re.search(r"\b[A-Z][A-Z_]{4,}: ", t)]
+  text = (status or texts)[0]
+  return text.splitlines()[0][:400]
+
+
+def read_items(directory, step: int, items) -> dict[str, Any]:
+  """Named items of a step read whole into host NumPy (JSON for `model`), with no collective
+  (handlers, not a manager): an integrity read that one process may fail alone."""
+  out = {}
+  for item in items:
+    path = as_path(directory) / str(step) / item
+    if item == "model":
+      out[item] = ocp.JsonCheckpointHandler().restore(path)
+      continue
+    handler = ocp.StandardCheckpointHandler()
+    tree = handler.metadata(path)
+    tree = getattr(tree, "tree", tree)
+    target = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), tree)
+    out[item] = handler.restore(path, args=ocp.args.StandardRestore(target))
+    handler.close()
+  return out
 
 
 def restore_numpy(directory, step: int, item: str):
@@ -127,15 +171,56 @@ def check_compatible(workdir, config):
     )
 
 
+_TMP_MARK = ".orbax-checkpoint-tmp"
+
+
+def _leaf_specs(tree) -> list[tuple[tuple[int, ...], str]]:
+  """Sorted (shape, dtype) of every array leaf: what a restore must match, whatever the container
+  types of the saved tree (Orbax metadata) and of the abstract state (dataclasses, namedtuples)."""
+  return sorted((tuple(x.shape), str(np.dtype(x.dtype))) for x in jax.tree.leaves(tree))
+
+
+def _remove_tree(path: epath.Path, settle_s: float = 2.0) -> bool:
+  """Removes `path` and keeps removing it until it stays gone for `settle_s` (writer threads of a
+  failed asynchronous save may still be adding files). True when it is gone."""
+  deadline = time.monotonic() + 30.0
+  gone_since = None
+  while time.monotonic() < deadline:
+    if path.exists():
+      gone_since = None
+      try:
+        path.rmtree()
+      except OSError:
+        pass
+    elif gone_since is None:
+      gone_since = time.monotonic()
+    elif time.monotonic() - gone_since >= settle_s:
+      return True
+    time.sleep(0.1)
+  return not path.exists()
+
+
 class TrainCheckpoints:
-  """Orbax managers for the training state (last N) and the best EMA generator by FVD."""
+  """The training state's checkpoints (the last N) and the best EMA generator by FVD.
+
+  Faults, and what this class does about them:
+  - a committed step that does not read back (`restore_newest`): moved aside to
+    `<step>.corrupt-<UTC time>`, never deleted, and the step before it is restored;
+  - a save that fails (disk full, a storage error): logged with the step and the error; the
+    partial files are removed; training goes on and the next save tries again. `finish()` raises
+    when the last save failed, naming the newest intact step.
+  Retention is ours, not Orbax's: an old step is deleted only after a newer one is known to be
+  committed (Orbax 0.12 garbage-collects old steps even after a failed asynchronous write).
+  """
 
   def __init__(self, workdir, config, gcfg, dcfg):
     workdir = as_path(workdir)
-    options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
-    self.last = ocp.CheckpointManager(workdir / "checkpoints", options=options)
+    self.keep = config.keep_checkpoints
+    self.last = ocp.CheckpointManager(
+      workdir / "checkpoints", options=ocp.CheckpointManagerOptions(create=True)
+    )
     self.best = ocp.CheckpointManager(
-      workdir / "best", options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+      workdir / "best", options=ocp.CheckpointManagerOptions(create=True)
     )
     self.card = model_card(gcfg, dcfg)
     self.best_fvd = math.inf
@@ -143,51 +228,217 @@ class TrainCheckpoints:
     if best_file.exists():
       self.best_fvd = fileio.read_json(best_file)["fvd"]
     self.workdir = workdir
+    self.pending: int | None = None  # the step of the asynchronous save not yet confirmed
+    self.failed: tuple[int, str] | None = None  # the newest save that failed, with its error
+    self._remove_partials()
+
+  @property
+  def directory(self) -> epath.Path:
+    return self.workdir / "checkpoints"
 
   def latest_step(self):
     return self.last.latest_step()
 
-  def save(self, step: int, state):
-    self.last.save(
+  # ---- saving ----
+
+  def save(self, step: int, state) -> None:
+    """Starts an asynchronous save of `state` as `step` (after confirming the previous one)."""
+    self.settle()
+    self._remove_partials()  # left by an earlier failed save
+    try:
+      self.last.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          g_ema=ocp.args.StandardSave(state.g_ema),
+          model=ocp.args.JsonSave(self.card),
+        ),
+      )
+    except Exception as e:  # noqa: BLE001 - any storage error; the run goes on
+      self._save_failed(step, e)
+      return
+    self.pending = step
+
+  def settle(self) -> None:
+    """Waits for the pending save: a committed step prunes the old ones; a failed one is logged."""
+    step, self.pending = self.pending, None
+    try:
+      self.last.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      self._save_failed(step, e)
+      return
+    if step is None:
+      return
+    self.last.reload()
+    if step not in self.last.all_steps():  # Orbax logs some commit failures instead of raising
+      self._save_failed(step, RuntimeError("the step was not committed (see the log above)"))
+      return
+    if self.failed is not None and self.failed[0] < step:
+      self.failed = None
+    for old in sorted(self.last.all_steps())[: -self.keep] if self.keep else []:
+      self.last.delete(old)
+
+  def _save_failed(self, step: int | None, error: Exception) -> None:
+    self.last.reload()
+    intact = self.last.latest_step()
+    logging.error(
+      "checkpoint %s could not be written (%s); the newest intact checkpoint is %s. Training goes "
+      "on and the next save tries again.",
       step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        g_ema=ocp.args.StandardSave(state.g_ema),
-        model=ocp.args.JsonSave(self.card),
-      ),
+      short_error(error),
+      intact,
     )
+    self.failed = (step, short_error(error))
+    if step is not None and step != intact and jax.process_index() == 0:
+      committed = self.directory / str(step)
+      if committed.exists():  # renamed into place, then a later write of it failed
+        committed.rename(self.directory / f"{step}.corrupt-{_utc_now()}")
+    self._remove_partials()
+    self.last.reload()
+
+  def _remove_partials(self) -> None:
+    """Removes the temporary directories of failed or killed saves (process 0)."""
+    if jax.process_index() != 0:
+      return
+    for manager_dir in (self.directory, self.workdir / "best"):
+      if manager_dir.exists():
+        for path in manager_dir.iterdir():
+          if _TMP_MARK in path.name and not _remove_tree(path):
+            logging.warning("could not remove the partial checkpoint %s", path)
+
+  def finish(self) -> None:
+    """After the last step: confirms the last save; raises UserError if it failed."""
+    self.settle()
+    if self.failed is not None:
+      step, error = self.failed
+      intact = self.last.latest_step()
+      raise UserError(
+        f"the checkpoint of step {step} could not be written ({error}); the newest intact "
+        f"checkpoint in {self.directory} is {intact}. Free space (or fix the storage error) and "
+        f"run the same command again: it resumes from step {intact}."
+      )
 
   def save_if_best(self, step: int, state, fvd: float):
     if not fvd < self.best_fvd:
       return
+    self.best.wait_until_finished()
+    try:
+      self.best.save(
+        step,
+        args=ocp.args.Composite(
+          g_ema=ocp.args.StandardSave(state.g_ema), model=ocp.args.JsonSave(self.card)
+        ),
+        force=True,
+      )
+      self.best.wait_until_finished()
+      self.best.reload()
+      if step not in self.best.all_steps():
+        raise RuntimeError("the step was not committed (see the log above)")
+    except Exception as e:  # noqa: BLE001 - the previous best stays; training goes on
+      logging.error("best checkpoint %d (FVD %.3f) could not be written: %s", step, fvd, e)
+      self._remove_partials()
+      self.best.reload()
+      return
     self.best_fvd = fvd
-    self.best.wait_until_finished()
-    self.best.save(
-      step,
-      args=ocp.args.Composite(
-        g_ema=ocp.args.StandardSave(state.g_ema), model=ocp.args.JsonSave(self.card)
-      ),
-      force=True,
-    )
-    self.best.wait_until_finished()
     if jax.process_index() == 0:
       fileio.write_json(self.workdir / "best" / "best.json", {"step": step, "fvd": fvd})
+    for old in self.best.all_steps():
+      if old != step:
+        self.best.delete(old)
 
-  def restore(self, step: int, abstract_state):
-    """The train state of `step`, placed as `abstract_state` (ShapeDtypeStructs with shardings)."""
-    try:
-      out = self.last.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+  # ---- restoring ----
+
+  def restore_newest(self, abstract_state):
+    """(train state, step) of the newest checkpoint that reads back, or (None, None) without one.
+
+    A damaged step is logged, moved aside (`<step>.corrupt-<time>`) and the one before it is tried.
+    With several processes the decision is collective: every process reads the step (no
+    collective inside, so a process that fails alone cannot hang the others), then all agree.
+    Raises UserError when a checkpoint does not match the config, or when none reads back.
+    """
+    tried = []
+    while True:
+      self.last.reload()
+      newest = self.last.latest_step()
+      step = sharding.from_process_0(-1 if newest is None else newest)
+      if step < 0:
+        if tried:
+          raise UserError(
+            f"no checkpoint in {self.directory} reads back ({'; '.join(tried)}); each was moved "
+            "aside as <step>.corrupt-<time>. Start again with a new --workdir."
+          )
+        return None, None
+      error = self._damage(step, abstract_state)
+      if error is None:
+        try:
+          out = self.last.restore(
+            step,
+            args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract_state),
+              g_ema=ocp.args.StandardRestore(abstract_state.g_ema),
+            ),
+          )
+          return out["state"], step
+        except Exception as e:  # noqa: BLE001
+          if jax.process_count() > 1:
+            raise  # every process has just read it whole: not a damaged file
+          error = short_error(e)
+      aside = self._set_aside(step)
+      logging.error(
+        "checkpoint %d in %s is damaged (%s); moved aside to %s, trying the one before it",
+        step,
+        self.directory,
+        error,
+        aside.name,
       )
-    except (ValueError, KeyError) as e:
+      tried.append(f"step {step}: {error}")
+
+  def _damage(self, step: int, abstract_state) -> str | None:
+    """None when `step` reads back (checked on every process when there are several); its error
+    when not. Raises UserError when its arrays do not match `abstract_state` (another config)."""
+    error, mismatch = None, None
+    try:
+      meta = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
+      saved, wanted = _leaf_specs(getattr(meta, "tree", meta)), _leaf_specs(abstract_state)
+      if saved != wanted:
+        diff = next(((a, b) for a, b in zip(saved, wanted) if a != b), None)
+        mismatch = f"{len(saved)} arrays saved, {len(wanted)} in this config" + (
+          f"; saved {diff[0]} where this config has {diff[1]}" if diff else ""
+        )
+      elif jax.process_count() > 1:
+        read_items(self.directory, step, ("state", "g_ema", "model"))
+      else:
+        read_items(self.directory, step, ("model",))
+    except Exception as e:  # noqa: BLE001 - whatever the storage raises, the step is unreadable
+      error = short_error(e)
+    verdict = sharding.agree_max(2 if mismatch else 1 if error else 0)
+    if verdict == 2:
+      what = mismatch or "on another process"
       raise UserError(
-        f"checkpoint {step} in {self.workdir / 'checkpoints'} does not match this "
-        f"config ({str(e).splitlines()[0][:200]}); use a new --workdir"
-      ) from e
-    return out["state"]
+        f"checkpoint {step} in {self.directory} does not match this config ({what}); "
+        "use a new --workdir or the original config"
+      )
+    if verdict == 1:
+      return error or "unreadable on another process"
+    return None
+
+  def _set_aside(self, step: int) -> epath.Path:
+    """Renames a damaged step out of Orbax's sight (process 0), never deleting it."""
+    aside = self.directory / f"{step}.corrupt-{_utc_now(sharding.from_process_0(int(time.time())))}"
+    if jax.process_index() == 0:
+      (self.directory / str(step)).rename(aside)
+    sharding.barrier(f"digan_set_aside_{step}")
+    self.last.reload()
+    return aside
 
   def close(self):
-    self.last.wait_until_finished()
-    self.best.wait_until_finished()
-    self.last.close()
-    self.best.close()
+    for mngr in (self.last, self.best):
+      try:
+        mngr.wait_until_finished()
+      except Exception as e:  # noqa: BLE001 - already reported by settle() or save_if_best()
+        logging.error("a checkpoint write failed while closing: %s", short_error(e))
+      mngr.close()
+
+
+def _utc_now(seconds: float | None = None) -> str:
+  return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(seconds))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from digan_jax.errors import ConfigError
 
 _DTYPES = ("float32", "bfloat16")
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 def _fail(key: str, value, problem: str):
@@ -49,6 +50,9 @@ def validate(config, num_devices: int | None = None) -> None:
   _positive_int(tc, "r1_every", "train.r1_every")
   if "nonfinite_patience" in tc:
     _positive_int(tc, "nonfinite_patience", "train.nonfinite_patience")
+  policy = tc.get("nonfinite_policy", "stop")
+  if policy not in NONFINITE_POLICIES:
+    _fail("train.nonfinite_policy", policy, f"choose one of {list(NONFINITE_POLICIES)}")
   try:
     augment.parse_policy(tc.augment)
   except ValueError as e:

@@ -12,3 +12,7 @@ class ConfigError(UserError, ValueError):
 
 class NonFiniteLossError(UserError):
   """Training losses stayed non-finite for config.train.nonfinite_patience checks in a row."""
+
+
+class CorruptDataError(UserError):
+  """A prepared dataset's record or encoded frame does not read back (damaged after preparation)."""

@@ -178,15 +178,18 @@ def config_kwargs(sample_config) -> dict:
 
 
 def run_sample_mode(config, workdir):
-  """--mode=sample: videos of the latest checkpoint's EMA generator per config.sample, written to
-  WORKDIR/samples/<step>_cli/."""
+  """--mode=sample: videos of a checkpoint's EMA generator (config.sample.step, or the latest) per
+  config.sample, written to WORKDIR/samples/<step>_cli/."""
   from absl import logging  # pylint: disable=g-import-not-at-top
   from digan_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from digan_jax.errors import UserError  # pylint: disable=g-import-not-at-top
 
   workdir = fileio.as_path(workdir)
   try:
-    gcfg, g_ema, step = checkpointing.restore_generator(workdir / "checkpoints")
+    step = config.sample.get("step", -1)
+    gcfg, g_ema, step = checkpointing.restore_generator(
+      workdir / "checkpoints", None if step < 0 else int(step), step_flag="--config.sample.step"
+    )
   except FileNotFoundError as e:
     raise UserError(f"{e}; train first or point --workdir at a run") from e
   out_dir = workdir / "samples" / f"{step}_cli"

@@ -175,3 +175,20 @@ def from_process_0(value: int) -> int:
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
   return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
+def agree_max(value: int) -> int:
+  """The largest `value` over all processes (a verdict every process then acts on alike)."""
+  if jax.process_count() == 1:
+    return int(value)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  return int(np.max(multihost_utils.process_allgather(np.array([value], np.int32))))
+
+
+def barrier(name: str) -> None:
+  """All processes wait here (e.g. until process 0 has renamed a directory they then list)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    multihost_utils.sync_global_devices(name)

@@ -85,6 +85,8 @@ class DiganSteps(phases.PhaseFunctions):
       Phase("r1", "d", self.cfg.r1_every, self.r1_inputs, self.r1_grads, phases.r1_metrics),
     )
     self.trace_counts = collections.Counter()  # (function, variant) -> times traced
+    # "skip": an iteration whose losses or new state are non-finite is not applied (train/skipped).
+    self.skip_nonfinite = config.train.get("nonfinite_policy", "stop") == "skip"
     shapes = jax.eval_shape(self.init, jax.random.PRNGKey(0))
     self.state_shardings = sharding.state_shardings(shapes, mesh)
     # Shapes, dtypes and shardings of the train state: a restore target, an AOT-compile input.
@@ -248,11 +250,15 @@ class DiganSteps(phases.PhaseFunctions):
     lazy = tuple(lazy)
     self.trace_counts["train_step", lazy] += 1  # Python side effect: runs only while tracing
     inputs, metrics = inputs or {}, {}
+    before = state
     for p in self.phases:
       if p.every == 1 or p.name in lazy:
         state, phase_metrics = self.run_phase(p.name, state, batch, inputs.get(p.name))
         metrics.update(phase_metrics)
-    return self.ema_phase(state), metrics
+    state = self.ema_phase(state)
+    if self.skip_nonfinite:
+      return skip_if_nonfinite(before, state, metrics)
+    return state, metrics
 
   # ---- compiled entry points ----
 
@@ -295,3 +301,16 @@ def state_is_finite(state) -> jax.Array:
   """
   leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def skip_if_nonfinite(before: TrainState, after: TrainState, metrics):
+  """(`after`, metrics) when the iteration's losses and its new state are all finite; otherwise
+  `before` with only its iteration counter advanced (per-step draws stay keyed by the step).
+  metrics gains train/skipped (1.0 for a skipped iteration)."""
+  losses = [v for k, v in metrics.items() if k.startswith("train/loss")]
+  ok = state_is_finite(after)
+  if losses:
+    ok &= jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in losses]))
+  kept = before.replace(step=after.step)
+  state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), after, kept)
+  return state, dict(metrics, **{"train/skipped": jnp.logical_not(ok).astype(jnp.float32)})

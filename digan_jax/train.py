@@ -205,6 +205,30 @@ class NonFiniteGuard:
       )
     return False
 
+  def check_skipped(self, step: int, skipped: int, steps: int) -> None:
+    """Policy "skip": raises after `patience` log intervals in a row in which all steps were
+    skipped (nothing trains any more)."""
+    if skipped:
+      logging.warning(
+        "step %d: %d of the last %d iterations had non-finite losses or state and were skipped",
+        step,
+        skipped,
+        steps,
+      )
+    if skipped < steps:
+      self.count, self.first_bad_step = 0, None
+      return
+    self.count += 1
+    if self.first_bad_step is None:
+      self.first_bad_step = step
+    if self.count >= self.patience:
+      raise NonFiniteLossError(
+        f"training stopped at step {step}: every iteration since step {self.first_bad_step} was "
+        "non-finite and skipped. The state is the last finite one; resume from the last "
+        "checkpoint with a lower config.train.base_lr, config.model.compute_dtype='float32', or "
+        "a larger config.train.r1_gamma."
+      )
+
 
 def _host_metrics(metrics) -> dict[str, float]:
   return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
@@ -228,14 +252,11 @@ def train_and_evaluate(config, workdir) -> dict:
   ckpts = checkpointing.TrainCheckpoints(workdir, config, gcfg, dcfg)
   num_steps = total_steps(config)
 
-  start = ckpts.latest_step()
-  start = sharding.from_process_0(-1 if start is None else start)
-  start = None if start < 0 else start
+  state, start = ckpts.restore_newest(digan_steps.abstract_state)
   if start is None:
     state = digan_steps.create_train_state()
     start = 0
   else:
-    state = ckpts.restore(start, digan_steps.abstract_state)
     logging.info("Resumed from step %d", start)
   batches = _train_iterator(config, data_dir, name, mesh, start)
   train_step = digan_steps.jit_train_step()
@@ -262,17 +283,27 @@ def train_and_evaluate(config, workdir) -> dict:
   final_metrics: dict[str, float] = {}
   step = start
   t_log, n_log = time.perf_counter(), 0
+  skipped, skipped_total = 0, 0  # iterations skipped (policy "skip"): this interval, this start
   try:
     while step < num_steps:
       batch = _device_batch(next(batches), mesh, gcfg.c_dim)
       state, metrics = train_step(state, batch, digan_steps.lazy_phases(step))
+      if digan_steps.skip_nonfinite:  # summed on device: no host sync per step
+        skipped = metrics["train/skipped"] + (skipped if n_log else 0)
       step += 1
       n_log += 1
       for hook in hooks:
         hook(step)
       if step % config.log_every_steps == 0 or step == num_steps:
         final_metrics = _host_metrics(metrics)
-        guard.check(step, final_metrics)  # raises after nonfinite_patience bad checks in a row
+        if digan_steps.skip_nonfinite:
+          n_skipped = int(jax.device_get(skipped))
+          skipped_total += n_skipped
+          final_metrics["train/skipped"] = float(n_skipped)
+          final_metrics["train/skipped_steps"] = float(skipped_total)
+          guard.check_skipped(step, n_skipped, n_log)
+        else:
+          guard.check(step, final_metrics)  # raises after nonfinite_patience bad checks in a row
         dt = time.perf_counter() - t_log
         final_metrics["perf/steps_per_sec"] = n_log / dt
         final_metrics["perf/videos_per_sec"] = n_log * config.train.global_batch_size / dt
@@ -290,10 +321,14 @@ def train_and_evaluate(config, workdir) -> dict:
       if step % config.checkpoint_every_steps == 0 or step == num_steps:
         _save_if_finite(ckpts, step, state, guard)
       if config.sample_every_steps and (step % config.sample_every_steps == 0 or step == num_steps):
-        write_samples(config, workdir, state, step, writer)
+        try:
+          write_samples(config, workdir, state, step, writer)
+        except OSError as e:  # samples are a by-product: a full disk must not end the run
+          logging.error("step %d: samples could not be written (%s)", step, e)
       if evaluator is not None:
         due = evaluator.due(step, end=step == num_steps)
         final_metrics.update(_evaluate_and_record(evaluator, due, ckpts, writer, step, state))
+    ckpts.finish()  # raises when the last save failed, naming the newest intact checkpoint
   finally:
     ckpts.close()
     writer.flush()

@@ -246,6 +246,40 @@ MUTATIONS = (
     "app.run(main)",
     ("tests/test_train.py::test_cli_errors_are_one_clear_message",),
   ),
+  Mutation(
+    "nonfinite_skip_applied",
+    'nonfinite_policy="skip" applies the non-finite iteration anyway',
+    "digan_jax/steps.py",
+    "  kept = before.replace(step=after.step)\n",
+    "  kept = after\n",
+    ("tests/test_steps.py::test_nonfinite_policy_with_a_nan_injected_into_one_batch",),
+  ),
+  Mutation(
+    "damaged_checkpoint_deleted",
+    "a damaged checkpoint is deleted instead of moved aside",
+    "digan_jax/checkpointing.py",
+    "      (self.directory / str(step)).rename(aside)\n",
+    "      (self.directory / str(step)).rmtree()\n",
+    (
+      "tests/test_faults.py::test_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_resumes",
+    ),
+  ),
+  Mutation(
+    "corrupt_record_traceback",
+    "a damaged dataset record surfaces as TensorFlow's decoder error",
+    "digan_jax/data/pipeline.py",
+    "  return _naming_corrupt_records(batches, dataset, plan_of)\n",
+    "  return batches\n",
+    ("tests/test_faults.py::test_damaged_frame_stops_the_run_naming_file_and_record",),
+  ),
+  Mutation(
+    "failed_save_fatal",
+    "a failed checkpoint write ends the run at once instead of retrying at the next save",
+    "digan_jax/checkpointing.py",
+    "    except Exception as e:  # noqa: BLE001 - any storage error; the run goes on\n      self._save_failed(step, e)\n      return\n",
+    "    except Exception as e:  # noqa: BLE001 - any storage error; the run goes on\n      raise\n",
+    ("tests/test_faults.py::test_failed_write_is_retried_at_the_next_save",),
+  ),
 )
 
 

@@ -212,6 +212,59 @@ def test_nonfinite_guard():
     guard.check(6, {"train/loss_r1": np.float32("nan")})
 
 
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_nonfinite_policy_with_a_nan_injected_into_one_batch(policy):
+  """One batch with a NaN frame: "skip" keeps the whole state (networks, EMA, Adam moments, w_avg)
+  and counts train/skipped; the next batch trains. "stop" (official) applies the sanitised update."""
+  config = tiny_digan.tiny_config()
+  config.train.nonfinite_policy = policy
+  mesh = sharding.make_mesh(config.mesh)
+  steps = steps_lib.DiganSteps(config, mesh, compiler_options=tiny_digan.COMPILER_OPTIONS)
+  step_fn = steps.jit_train_step()
+  host = lambda s: jax.tree.map(np.asarray, jax.device_get(s))
+
+  def feed(state, i, nan=False):
+    batch = tiny_digan.real_batch(i, steps.global_batch, steps.resolution, steps.c_dim)
+    if nan:
+      batch["frames"] = batch["frames"].copy()
+      batch["frames"][3, 0, 2, 2, 1] = np.nan
+    return step_fn(state, sharding.global_batch_from_local(batch, mesh), steps.lazy_phases(i))
+
+  state, _ = feed(steps.create_train_state(), 0)
+  before = host(state)
+  state, metrics = feed(state, 1, nan=True)
+  after = host(state)
+  assert not np.isfinite(float(metrics["train/loss_d"]))
+  changed = [
+    x.shape
+    for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after))
+    if not np.array_equal(x, y)
+  ]
+  if policy == "skip":
+    assert float(metrics["train/skipped"]) == 1.0
+    assert changed == [()] and int(after.step) == int(before.step) + 1  # only the counter
+    state, metrics = feed(state, 2)
+    assert float(metrics["train/skipped"]) == 0.0 and np.isfinite(float(metrics["train/loss_d"]))
+    moved = host(state)
+    assert any(
+      not np.array_equal(x, y)
+      for x, y in zip(jax.tree.leaves(after.d_params), jax.tree.leaves(moved.d_params))
+    )
+  else:
+    assert "train/skipped" not in metrics
+    assert len(changed) > 10  # the official update went ahead
+
+
+def test_nonfinite_guard_of_the_skip_policy():
+  guard = train.NonFiniteGuard(patience=2)
+  guard.check_skipped(10, 1, 10)  # some skipped: training goes on
+  guard.check_skipped(20, 10, 10)
+  guard.check_skipped(30, 3, 10)  # resets
+  guard.check_skipped(40, 10, 10)
+  with pytest.raises(errors.NonFiniteLossError, match="since step 40 was non-finite and skipped"):
+    guard.check_skipped(50, 10, 10)
+
+
 def test_learning_motion_that_follows_delta_t():
   """Toy videos whose brightness ramps with time, x(t) = colour_v + SLOPE·(t - 1/2), with Δt drawn
   like the fakes' (so D_M cannot win on the time gap alone; docs/frame_pairs.md). D first separates real from

@@ -69,6 +69,32 @@ def _batched_numpy(tf, indices, fetch, decode, batch_size, prefetch):
   return _tf_options(tf, ds).prefetch(prefetch).as_numpy_iterator()
 
 
+def _naming_corrupt_records(iterator, dataset, plan_of):
+  """`iterator`, except that a read or decode error of batch k (tf.data raises errors in order)
+  becomes a CorruptDataError naming the damaged record; plan_of(k) -> (videos, frames) of batch
+  k. The record is found by re-reading the batch's records, never by a decoder traceback."""
+  from digan_jax.errors import CorruptDataError  # pylint: disable=g-import-not-at-top
+
+  k = 0
+  while True:
+    try:
+      batch = next(iterator)
+    except StopIteration:
+      return
+    except Exception as e:  # tf.errors.OpError and what numpy_function wraps
+      if "tensorflow" not in type(e).__module__:
+        raise
+      # Prefetching may surface a later batch's error first only if order were not kept; look a
+      # few batches ahead as well.
+      for ahead in range(k, k + 4):
+        message = dataset.find_damage(*plan_of(ahead))
+        if message is not None:
+          raise CorruptDataError(message) from None
+      raise
+    yield batch
+    k += 1
+
+
 def make_train_iterator(
   data_dir,
   name,
@@ -148,9 +174,23 @@ def make_train_iterator(
     example["frames"] = frames / 127.5 - 1.0
     return example
 
-  return _batched_numpy(
+  def plan_of(k):
+    plan = clip_plans.train_plan(
+      index,
+      seed=seed,
+      step=start_step + k,
+      batch_size_per_process=batch_size_per_process,
+      process_index=process_index,
+      process_count=process_count,
+      policy=policy,
+      random_flip=random_flip,
+    )
+    return plan.video, plan.frames
+
+  batches = _batched_numpy(
     tf, tf.data.Dataset.range(start_step, 2**62), fetch, decode, batch_size_per_process, prefetch
   )
+  return _naming_corrupt_records(batches, dataset, plan_of)
 
 
 def make_eval_iterator(
@@ -219,8 +259,13 @@ def make_eval_iterator(
 
   if dtype not in ("float32", "uint8"):
     raise ValueError(f"dtype must be 'float32' or 'uint8', got {dtype!r}")
-  return _batched_numpy(
+  batches = _batched_numpy(
     tf, tf.data.Dataset.range(len(plans)), fetch, decode, batch_size_per_process, prefetch
+  )
+  return _naming_corrupt_records(
+    batches,
+    dataset,
+    lambda k: (plans[min(k, len(plans) - 1)].video, plans[min(k, len(plans) - 1)].frames),
   )
 
 

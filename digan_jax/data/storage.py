@@ -214,6 +214,47 @@ class VideoDataset:
         out[i, j] = encoded[f]
     return out
 
+  def _locate(self, video: int) -> tuple[str, int]:
+    """(shard file, record index in it) of a video id of this split."""
+    if not hasattr(self, "_file_lengths"):
+      from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+
+      self._file_lengths = []
+      for f in self._files:
+        reader = array_record_module.ArrayRecordReader(f)
+        self._file_lengths.append(reader.num_records())
+        reader.close()
+    for f, n in zip(self._files, self._file_lengths):
+      if video < n:
+        return f, int(video)
+      video -= n
+    raise IndexError(video)
+
+  def find_damage(self, videos, frames) -> str | None:
+    """Re-reads the records and decodes the frames a batch asked for: a message naming the first
+    damaged one (dataset, file, record, video id, frame), or None when all read back."""
+    tf = tf_utils.import_tf()
+    for video, wanted in zip(np.asarray(videos).tolist(), np.asarray(frames).tolist()):
+      frame, error = None, None
+      try:
+        encoded = _parse_example(self._records([video])[0])["frames"].bytes_list.value
+        for frame in wanted:
+          image = tf.io.decode_image(encoded[frame], channels=3, expand_animations=False)
+          if tuple(image.shape) != (self.resolution, self.resolution, 3):
+            raise ValueError(f"decoded shape {tuple(image.shape)}, stored {self.resolution}²")
+      except Exception as e:  # noqa: BLE001 - whatever the record or the decoder raises
+        error = " ".join(str(e).split())[:200] or type(e).__name__
+      if error is not None:
+        path, record = self._locate(video)
+        where = f"video {video} (record {record} of {os.path.basename(path)})"
+        where += f", frame {frame}" if frame is not None else ""
+        return (
+          f"prepared dataset {self.dataset_dir} is damaged: {where}: {error}. Prepare it again from "
+          "its source videos (python -m digan_jax.data.prepare, see digan_jax/data/DATASETS.md) "
+          "or restore that file from a copy."
+        )
+    return None
+
   def class_names(self):
     path = os.path.join(self.local_dir, "label.labels.txt")
     if os.path.isfile(path):

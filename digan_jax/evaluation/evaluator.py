@@ -229,7 +229,9 @@ def run_eval_mode(config, workdir) -> dict[str, dict]:
   workdir = fileio.as_path(workdir)
   step = None if config.eval.step < 0 else int(config.eval.step)
   try:
-    gcfg, g_ema, step = checkpointing.restore_generator(workdir / "checkpoints", step)
+    gcfg, g_ema, step = checkpointing.restore_generator(
+      workdir / "checkpoints", step, step_flag="--config.eval.step"
+    )
   except FileNotFoundError as e:
     raise UserError(f"{e}; train first or point --workdir at a run") from e
   data_dir, name = resolve.resolve_dataset(config, workdir)
