@@ -35,6 +35,7 @@ SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
 # loadfile` (with --no-loadscope-reorder, pyproject.toml) each worker takes the next file when it is
 # nearly done, so starting with the long ones lets both workers finish together.
 SLOW_FILES_FIRST = (
+  "test_faults.py",  # ~700 s: trainer runs with injected faults, 10 SIGKILLs, two processes
   "test_multiprocess.py",  # ~700 s: launcher run, two-process step
   "test_train.py",  # ~600 s: trainer runs in and out of process
   "test_steps.py",  # ~550 s
@@ -43,6 +44,21 @@ SLOW_FILES_FIRST = (
   "test_evaluator.py",
   "test_models.py",
 )
+
+
+def pytest_terminal_summary(terminalreporter):
+  """The outcomes that fault-injection tests recorded (`report` in test_faults.py), so CI's log
+  shows what was injected and what the runs did."""
+  lines = {
+    f"{report.nodeid.split('::')[-1]}: {value}"
+    for report in terminalreporter.stats.get("passed", [])
+    for key, value in getattr(report, "user_properties", ())
+    if key == "faults"
+  }
+  if lines:
+    terminalreporter.section("faults injected and outcomes")
+    for line in sorted(lines):
+      terminalreporter.write_line(line)
 
 
 def pytest_collection_modifyitems(items):

@@ -283,6 +283,31 @@ def test_real_feature_cache_hits_and_misses(tmp_path, i3d_vars, clip_sets, sanit
   assert real_data.real_cache_path(tmp_path, fake_only, "synthetic:v1") == path
 
 
+def test_real_feature_cache_write_failure_is_not_fatal(
+  tmp_path, i3d_vars, clip_sets, sanity_features, mesh1, monkeypatch
+):
+  """A full disk while writing the cache: the features are still returned, nothing partial is
+  left, and the next call computes them again."""
+  import errno
+
+  def full(path, data):
+    raise OSError(errno.ENOSPC, "No space left on device (injected)", str(path))
+
+  monkeypatch.setattr(real_data.fileio, "write_bytes", full)
+  p = _small_protocol(num_real=4)
+  feats, info = real_data.real_feature_sets(
+    clip_sets["B"][:4],
+    p,
+    dataset_fingerprint="synthetic:v1",
+    cache_dir=tmp_path,
+    mesh=mesh1,
+    i3d_vars=i3d_vars,
+    progress=False,
+  )
+  np.testing.assert_allclose(feats[0], sanity_features["B"][:4], rtol=1e-4, atol=1e-3)
+  assert info["cache"] is None and not info["cache_hit"] and not list(tmp_path.rglob("*.npz"))
+
+
 def test_sharded_real_features_match_single_device(i3d_vars, clip_sets, sanity_features, mesh8):
   # 8 clips on 8 fake devices, one clip each, against the single-device features.
   sharded = features.real_features(

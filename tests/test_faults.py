@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -42,6 +43,17 @@ def fast_compile():
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(steps_lib, "DiganSteps", tiny_digan.fast_compile_steps())
     yield
+
+
+@pytest.fixture
+def report(record_property):
+  """Prints an outcome and hands it to the terminal summary (conftest), also under xdist."""
+
+  def write(text):
+    print(f"\n[faults] {text}")
+    record_property("faults", text)
+
+  return write
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +107,7 @@ def _truncate_data_files(item_dir, count=3, size=100):
 
 @pytest.mark.parametrize("item", ["state", "g_ema"])
 def test_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_resumes(
-  item, six_steps, data_dir, tmp_path, caplog
+  item, six_steps, data_dir, tmp_path, caplog, report
 ):
   """Three data files of checkpoints/6/<item> truncated: the same command logs the damage, moves
   6 aside (kept), resumes from 3 and ends where the unhindered run ended, bitwise."""
@@ -112,8 +124,8 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_resumes(
   message = next(r.getMessage() for r in caplog.records if "is damaged" in r.getMessage())
   assert "checkpoint 6" in message and "OUT_OF_RANGE" in message, message
   _assert_same_state(workdir / "checkpoints", six_steps / "checkpoints", 6)
-  print(
-    f"\n[faults] truncated {len(damaged)} files of checkpoints/6/{item}: resumed from 3, "
+  report(
+    f"truncated {len(damaged)} files of checkpoints/6/{item}: resumed from 3, "
     f"6 kept aside as {aside[0]}, final state bitwise equal; checkpoints lost: 0"
   )
 
@@ -174,7 +186,7 @@ def _resize(mount, kib):
   subprocess.run(["mount", "-o", f"remount,size={kib}k", str(mount)], check=True)
 
 
-def test_disk_full_at_the_last_save_stops_cleanly_and_resumes(six_steps, data_dir, tmpfs):
+def test_disk_full_at_the_last_save_stops_cleanly_and_resumes(six_steps, data_dir, tmpfs, report):
   """A real full filesystem: 3 steps are trained and checkpointed, then the tmpfs is shrunk to what
   is used plus 256 KB, so the save of step 6 fails with ENOSPC. The run ends with one message naming
   the step, the error and the intact checkpoint; after space is given back the same command resumes
@@ -195,10 +207,12 @@ def test_disk_full_at_the_last_save_stops_cleanly_and_resumes(six_steps, data_di
   train.train_and_evaluate(_smoke(data_dir), workdir)
   assert [e for e in _entries(workdir / "checkpoints") if "tmp" in e] == []
   _assert_same_state(workdir / "checkpoints", six_steps / "checkpoints", 6)
-  print(f"\n[faults] tmpfs full at the save of 6: stopped with {message!r}; resumed from 3, equal")
+  report(f"tmpfs full at the save of 6: stopped with {message!r}; resumed from 3, equal")
 
 
-def test_failed_write_is_retried_at_the_next_save(six_steps, data_dir, tmp_path, monkeypatch):
+def test_failed_write_is_retried_at_the_next_save(
+  six_steps, data_dir, tmp_path, monkeypatch, report
+):
   """An OSError(ENOSPC) injected into Orbax's array writer for the save of step 3: logged, the run
   goes on, step 6 is saved and equals the unhindered run's."""
   real = ocp.type_handlers.ArrayHandler.serialize
@@ -216,7 +230,7 @@ def test_failed_write_is_retried_at_the_next_save(six_steps, data_dir, tmp_path,
   assert failures, "the injected failure was never reached"
   assert _entries(workdir / "checkpoints") == ["6"]
   _assert_same_state(workdir / "checkpoints", six_steps / "checkpoints", 6)
-  print("\n[faults] injected ENOSPC at the save of 3: run went on, 6 saved and equal")
+  report("injected ENOSPC at the save of 3: run went on, 6 saved and equal")
 
 
 # ---------------------------------------------------------------------------- damaged data
@@ -253,7 +267,7 @@ def _damage_record(dataset_dir, split, video, garbage=b"\x89PNG\r\n\x1a\n not an
   raise IndexError(video)
 
 
-def test_damaged_frame_stops_the_run_naming_file_and_record(six_steps, data_dir, tmp_path):
+def test_damaged_frame_stops_the_run_naming_file_and_record(six_steps, data_dir, tmp_path, report):
   """Policy: stop, naming the dataset file, the record and the video (never a decoder traceback,
   never training on garbage)."""
   from digan_jax.data import clip_plans, storage
@@ -275,7 +289,7 @@ def test_damaged_frame_stops_the_run_naming_file_and_record(six_steps, data_dir,
   assert f"video {video} (record {record} of {shard})" in message, message
   assert "Prepare it again" in message and "Traceback" not in message
   assert not (tmp_path / "run" / "checkpoints" / "3").exists()  # nothing trained on it
-  print(f"\n[faults] damaged record: {message[:160]}...")
+  report(f"damaged record: {message[:160]}...")
 
 
 # ---------------------------------------------------------------------------- SIGKILL
@@ -291,12 +305,12 @@ from digan_jax import steps
 steps.DiganSteps = tiny_digan.fast_compile_steps()
 runpy.run_module("digan_jax.main", run_name="__main__")
 """
-KILL_STEPS = 24
+KILL_STEPS = 12
 
 
 def _kill_config(data_dir):
-  """Checkpoints every 3 steps, samples every 6, an FVD (proxy, 8 videos) every 12."""
-  config = _smoke(data_dir, KILL_STEPS, sample_every_steps=6, eval_every_steps=12)
+  """Checkpoints and samples every 3 steps, an FVD (proxy, 8 videos) every 6."""
+  config = _smoke(data_dir, KILL_STEPS, sample_every_steps=3, eval_every_steps=6)
   config.eval.protocol = "proxy"
   config.eval.num_videos, config.eval.num_repeats, config.eval.batch_size = 8, 1, 8
   return config
@@ -311,8 +325,8 @@ def _kill_cmd(workdir, data_dir):
     f"--workdir={workdir}",
     f"--config.data.data_dir={data_dir}",
     f"--config.train.num_steps={KILL_STEPS}",
-    "--config.sample_every_steps=6",
-    "--config.eval_every_steps=12",
+    "--config.sample_every_steps=3",
+    "--config.eval_every_steps=6",
     "--config.eval.protocol=proxy",
     "--config.eval.num_videos=8",
     "--config.eval.num_repeats=1",
@@ -325,50 +339,102 @@ def _committed(workdir):
   return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) if path.exists() else []
 
 
-def test_sigkill_at_random_times_always_resumes_to_the_same_result(data_dir, tmp_path):
-  """10 SIGKILLs at random times (imports, compiling, training, saving, sampling or the FVD), each
-  followed by the same command again. Every start resumes from the newest committed checkpoint; a
-  start that reaches the end (then the next trial starts a new workdir) and the last one end bitwise
-  where the unhindered run ends. The clip sequence is a pure function of (seed, step), so equal
-  parameters also mean no clip was repeated or skipped."""
+class _Run:
+  """The trainer command in a subprocess, its output collected line by line."""
+
+  def __init__(self, cmd, env):
+    import threading
+
+    self.lines, self.t0 = [], time.monotonic()
+    self.proc = subprocess.Popen(
+      cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+    self.reader.start()
+
+  def wait_for(self, needle: str, timeout: float) -> bool:
+    """True once a line holds `needle`; False if the process ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+      if any(needle in line for line in list(self.lines)):
+        return True
+      if self.proc.poll() is not None:
+        self.reader.join(5)
+        return any(needle in line for line in self.lines)
+      time.sleep(0.05)
+    raise AssertionError(f"no {needle!r} within {timeout} s: {''.join(self.lines)[-3000:]}")
+
+  def kill_after(self, seconds: float) -> bool:
+    """SIGKILL after `seconds` (True), unless the process ends first (False)."""
+    try:
+      self.proc.wait(timeout=seconds)
+      self.reader.join(5)
+      return False
+    except subprocess.TimeoutExpired:
+      self.proc.send_signal(signal.SIGKILL)
+      self.proc.wait(timeout=60)
+      self.reader.join(5)
+      return True
+
+
+def _last_logged_step(lines):
+  import re
+
+  steps = [int(m.group(1)) for line in lines for m in [re.search(r"\] \[(\d+)\] perf/", line)] if m]
+  return steps[-1] if steps else None
+
+
+def test_sigkill_at_random_times_always_resumes_to_the_same_result(data_dir, tmp_path, report):
+  """10 SIGKILLs, each followed by the same command again. Each kill lands at a random moment:
+  during start-up (imports, compiling: a random time after the start) or a random 0-3 s after a
+  random step logged (training, checkpoint writes and samples every 3 steps, the FVD every 6).
+  Every start resumes from the newest committed checkpoint; a start that reaches the end (the
+  next trial then starts a new workdir) and the last one end bitwise where the unhindered run
+  ends. The clip sequence is a pure function of (seed, step): equal parameters also mean that no
+  clip was repeated or skipped."""
   reference = tmp_path / "reference"
   train.train_and_evaluate(_kill_config(data_dir), reference)
   workdir = tmp_path / "killed"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   rng = random.Random(0)
   outcomes, kills = [], 0
-  for start in range(16):
+  for start in range(20):
     before = _committed(workdir)
-    delay = rng.uniform(2.0, 25.0) if kills < 10 else None
-    log_path = tmp_path / f"start{start}.log"
-    with open(log_path, "w") as log:
-      proc = subprocess.Popen(
-        _kill_cmd(workdir, data_dir), cwd=REPO, env=env, stdout=log, stderr=log
-      )
-      try:
-        proc.wait(timeout=delay if delay is not None else 900)
-        finished = True
-      except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-        finished = False
-    text = log_path.read_text()
-    resumed = [int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if "Resumed from" in line]
-    if before:  # a start that got as far as restoring resumed from the newest checkpoint
-      assert resumed in ([], [before[-1]]), (before, resumed)
-    outcome = f"start {start}: checkpoints {before} -> "
-    if finished:
-      assert proc.returncode == 0, text[-3000:]
-      assert [e for e in _entries(workdir / "checkpoints") if not e.isdigit()] == []
-      _assert_same_state(workdir / "checkpoints", reference / "checkpoints", KILL_STEPS)
-      outcomes.append(outcome + f"{_committed(workdir)}, finished, state bitwise equal")
-      if kills >= 10:
-        break
-      shutil.rmtree(workdir)
+    run = _Run(_kill_cmd(workdir, data_dir), env)
+    if kills >= 10:
+      killed, when = run.kill_after(900), "to the end"
+      assert not killed, "the last start did not finish within 15 minutes"
+    elif rng.random() < 0.2:
+      delay = rng.uniform(1.0, 15.0)
+      killed, when = run.kill_after(delay), f"{delay:.1f} s after the start"
     else:
+      first = (before[-1] if before else 0) + 1
+      step = rng.randint(first, min(first + 5, KILL_STEPS))
+      delay = rng.uniform(0.0, 3.0)
+      killed = run.wait_for(f"] [{step}] perf/", 600) and run.kill_after(delay)
+      when = f"{delay:.2f} s after step {step} was logged"
+    at_kill = _entries(workdir / "checkpoints") if (workdir / "checkpoints").exists() else []
+    text = "".join(run.lines)
+    resumed = [int(line.rsplit(" ", 1)[1]) for line in run.lines if "Resumed from step" in line]
+    if before:  # a start that got as far as restoring resumed from the newest checkpoint
+      assert resumed in ([], [before[-1]]), (before, resumed, text[-2000:])
+    outcome = (
+      f"start {start}: from {before[-1] if before else 0}, "
+      f"{'SIGKILL ' + when if killed else 'finished'} (last step logged "
+      f"{_last_logged_step(run.lines)}, checkpoints/ then {at_kill})"
+    )
+    outcomes.append(outcome)
+    if killed:
       kills += 1
-      outcomes.append(outcome + f"{_committed(workdir)}, SIGKILL at {delay:.1f} s")
-  print("\n[faults] SIGKILL trials:\n  " + "\n  ".join(outcomes))
+      continue
+    assert run.proc.returncode == 0, text[-3000:]
+    assert [e for e in _entries(workdir / "checkpoints") if not e.isdigit()] == []
+    _assert_same_state(workdir / "checkpoints", reference / "checkpoints", KILL_STEPS)
+    outcomes[-1] += ", end state bitwise equal"
+    if kills >= 10:
+      break
+    shutil.rmtree(workdir)
+  report("SIGKILL trials:\n  " + "\n  ".join(outcomes))
   assert kills >= 10 and outcomes[-1].endswith("bitwise equal"), outcomes
 
 
@@ -378,6 +444,9 @@ _WORKER = """
 import importlib, sys
 import jax
 
+from absl import logging
+
+logging.set_verbosity(logging.INFO)  # "Resumed from step N"
 pid, port, workdir, data_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
@@ -401,7 +470,7 @@ train.train_and_evaluate(config, workdir)
 """
 
 
-def test_damage_seen_by_one_process_is_decided_by_all(six_steps, data_dir, tmp_path):
+def test_damage_seen_by_one_process_is_decided_by_all(six_steps, data_dir, tmp_path, report):
   """Two processes (gloo) resume a workdir whose step 6 reads back on process 0 but not on process
   1: both set it aside, restore 3 and finish, instead of hanging in mismatched collectives."""
   import socket
@@ -440,4 +509,4 @@ def test_damage_seen_by_one_process_is_decided_by_all(six_steps, data_dir, tmp_p
   assert "is damaged (unreadable on another process)" in outputs[0]
   entries = _entries(workdir / "checkpoints")
   assert len([e for e in entries if e.startswith("6.corrupt-")]) == 1 and "6" in entries, entries
-  print("\n[faults] step 6 unreadable on process 1 only: both processes resumed from 3")
+  report("step 6 unreadable on process 1 only: both processes resumed from 3")

@@ -214,7 +214,10 @@ class Evaluator:
         cache_dir=self.out_dir / "real_cache",
         progress=False,
       )
-      record_result(self.out_dir, step, result)
+      try:
+        record_result(self.out_dir, step, result)
+      except OSError as e:  # the FVD still reaches the metrics; a full disk must not end the run
+        logging.error("step %d: %s could not be written (%s)", step, self.out_dir, e)
       results[protocol.name] = result
     return results
 

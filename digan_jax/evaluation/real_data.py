@@ -240,7 +240,13 @@ def real_feature_sets(
       "selection": selection,
       "i3d_weights_sha256": i3d_weights.WEIGHTS_SHA256,
     }
-    fileio.write_npz(path, features=sets.astype(np.float32), meta=np.array(json.dumps(meta)))
+    try:
+      fileio.write_npz(path, features=sets.astype(np.float32), meta=np.array(json.dumps(meta)))
+    except OSError as e:  # only a cache: the next evaluation computes the features again
+      from absl import logging  # pylint: disable=g-import-not-at-top
+
+      logging.error("the real-feature cache %s could not be written (%s)", path, e)
+      info["cache"] = None
   return sets, info
 
 
