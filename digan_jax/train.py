@@ -279,8 +279,14 @@ def train_and_evaluate(config, workdir) -> dict:
   )
   if evaluator is not None and start == 0:
     _evaluate_and_record(evaluator, evaluator.due(0, start=True), ckpts, writer, 0, state)
-  preempt = PreemptionFlag(config.log_every_steps)
   final_metrics: dict[str, float] = {}
+  if start > 0:  # what a stop right after the checkpoint of `start` left undone
+    if _samples_due(config, start, num_steps) and not (workdir / "samples" / str(start)).exists():
+      _write_samples_logged(config, workdir, state, start, writer)
+    if evaluator is not None:
+      due = evaluator.missing(start, end=start == num_steps)
+      final_metrics.update(_evaluate_and_record(evaluator, due, ckpts, writer, start, state))
+  preempt = PreemptionFlag(config.log_every_steps)
   step = start
   t_log, n_log = time.perf_counter(), 0
   skipped, skipped_total = 0, 0  # iterations skipped (policy "skip"): this interval, this start
@@ -320,11 +326,8 @@ def train_and_evaluate(config, workdir) -> dict:
         break
       if step % config.checkpoint_every_steps == 0 or step == num_steps:
         _save_if_finite(ckpts, step, state, guard)
-      if config.sample_every_steps and (step % config.sample_every_steps == 0 or step == num_steps):
-        try:
-          write_samples(config, workdir, state, step, writer)
-        except OSError as e:  # samples are a by-product: a full disk must not end the run
-          logging.error("step %d: samples could not be written (%s)", step, e)
+      if _samples_due(config, step, num_steps):
+        _write_samples_logged(config, workdir, state, step, writer)
       if evaluator is not None:
         due = evaluator.due(step, end=step == num_steps)
         final_metrics.update(_evaluate_and_record(evaluator, due, ckpts, writer, step, state))
@@ -334,6 +337,18 @@ def train_and_evaluate(config, workdir) -> dict:
     writer.flush()
     preempt.restore()
   return final_metrics
+
+
+def _samples_due(config, step: int, num_steps: int) -> bool:
+  every = config.sample_every_steps
+  return bool(every) and (step % every == 0 or step == num_steps)
+
+
+def _write_samples_logged(config, workdir, state, step: int, writer) -> None:
+  try:
+    write_samples(config, workdir, state, step, writer)
+  except OSError as e:  # samples are a by-product: a full disk must not end the run
+    logging.error("step %d: samples could not be written (%s)", step, e)
 
 
 def _save_if_finite(ckpts, step: int, state, guard) -> bool:

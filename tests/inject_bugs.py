@@ -252,7 +252,7 @@ MUTATIONS = (
     "digan_jax/steps.py",
     "  kept = before.replace(step=after.step)\n",
     "  kept = after\n",
-    ("tests/test_steps.py::test_nonfinite_policy_with_a_nan_injected_into_one_batch",),
+    ("tests/test_steps.py::test_nonfinite_policy_skip_with_a_nan_injected_into_one_batch",),
   ),
   Mutation(
     "damaged_checkpoint_deleted",

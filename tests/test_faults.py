@@ -5,6 +5,7 @@ Each test prints what it injected and what came of it (`pytest -s` shows the lin
 
 import errno
 import importlib
+import json
 import os
 import pathlib
 import random
@@ -163,6 +164,23 @@ def test_checkpoint_of_another_config_is_refused_and_left_in_place(six_steps, da
   assert _entries(workdir / "checkpoints") == ["3", "6"]
 
 
+def test_stop_after_the_last_checkpoint_still_gets_its_samples_and_fvd(
+  six_steps, data_dir, tmp_path, report
+):
+  """A run killed after its final checkpoint but before its final samples and FVD: the same
+  command restores that step and writes what is missing (also for a mid-run step)."""
+  workdir = _copy(six_steps, tmp_path)
+  config = _smoke(data_dir, sample_every_steps=3)
+  config.eval.protocol, config.eval.at_end = "proxy", True
+  config.eval.num_videos, config.eval.num_repeats, config.eval.batch_size = 8, 1, 8
+  train.train_and_evaluate(config, workdir)
+  assert (workdir / "samples" / "6" / "grid.gif").exists() and not (
+    workdir / "samples" / "3"
+  ).exists()
+  assert "proxy" in json.loads((workdir / "eval" / "6.json").read_text())["results"]
+  report("stopped after checkpoint 6, before its samples and FVD: both written on the rerun")
+
+
 # ---------------------------------------------------------------------------- failed writes
 
 
@@ -309,9 +327,9 @@ KILL_STEPS = 12
 
 
 def _kill_config(data_dir):
-  """Checkpoints and samples every 3 steps, an FVD (proxy, 8 videos) every 6."""
-  config = _smoke(data_dir, KILL_STEPS, sample_every_steps=3, eval_every_steps=6)
-  config.eval.protocol = "proxy"
+  """Checkpoints and samples every 3 steps, an FVD (proxy, 8 videos) after the last step."""
+  config = _smoke(data_dir, KILL_STEPS, sample_every_steps=3)
+  config.eval.protocol, config.eval.at_end = "proxy", True
   config.eval.num_videos, config.eval.num_repeats, config.eval.batch_size = 8, 1, 8
   return config
 
@@ -326,7 +344,7 @@ def _kill_cmd(workdir, data_dir):
     f"--config.data.data_dir={data_dir}",
     f"--config.train.num_steps={KILL_STEPS}",
     "--config.sample_every_steps=3",
-    "--config.eval_every_steps=6",
+    "--config.eval.at_end=True",
     "--config.eval.protocol=proxy",
     "--config.eval.num_videos=8",
     "--config.eval.num_repeats=1",
@@ -386,8 +404,8 @@ def _last_logged_step(lines):
 
 def test_sigkill_at_random_times_always_resumes_to_the_same_result(data_dir, tmp_path, report):
   """10 SIGKILLs, each followed by the same command again. Each kill lands at a random moment:
-  during start-up (imports, compiling: a random time after the start) or a random 0-3 s after a
-  random step logged (training, checkpoint writes and samples every 3 steps, the FVD every 6).
+  during start-up (imports, compiling: a random time after the start) or a random 0-6 s after a
+  random step logged (training, checkpoint writes and samples every 3 steps, the FVD at the end).
   Every start resumes from the newest committed checkpoint; a start that reaches the end (the
   next trial then starts a new workdir) and the last one end bitwise where the unhindered run
   ends. The clip sequence is a pure function of (seed, step): equal parameters also mean that no
@@ -404,13 +422,12 @@ def test_sigkill_at_random_times_always_resumes_to_the_same_result(data_dir, tmp
     if kills >= 10:
       killed, when = run.kill_after(900), "to the end"
       assert not killed, "the last start did not finish within 15 minutes"
-    elif rng.random() < 0.2:
+    elif rng.random() < 0.2 or before[-1:] == [KILL_STEPS]:
       delay = rng.uniform(1.0, 15.0)
       killed, when = run.kill_after(delay), f"{delay:.1f} s after the start"
     else:
-      first = (before[-1] if before else 0) + 1
-      step = rng.randint(first, min(first + 5, KILL_STEPS))
-      delay = rng.uniform(0.0, 3.0)
+      step = rng.randint((before[-1] if before else 0) + 1, KILL_STEPS)
+      delay = rng.uniform(0.0, 6.0)
       killed = run.wait_for(f"] [{step}] perf/", 600) and run.kill_after(delay)
       when = f"{delay:.2f} s after step {step} was logged"
     at_kill = _entries(workdir / "checkpoints") if (workdir / "checkpoints").exists() else []
@@ -430,12 +447,18 @@ def test_sigkill_at_random_times_always_resumes_to_the_same_result(data_dir, tmp
     assert run.proc.returncode == 0, text[-3000:]
     assert [e for e in _entries(workdir / "checkpoints") if not e.isdigit()] == []
     _assert_same_state(workdir / "checkpoints", reference / "checkpoints", KILL_STEPS)
-    outcomes[-1] += ", end state bitwise equal"
+    # The final samples and FVD exist even when a kill came after the last checkpoint.
+    fvd = [
+      json.loads((w / "eval" / f"{KILL_STEPS}.json").read_text())["results"]["proxy"]["fvd"]
+      for w in (workdir, reference)
+    ]
+    assert fvd[0] == fvd[1] and (workdir / "samples" / str(KILL_STEPS) / "grid.gif").exists()
+    outcomes[-1] += ", end state bitwise equal, same final FVD"
     if kills >= 10:
       break
     shutil.rmtree(workdir)
   report("SIGKILL trials:\n  " + "\n  ".join(outcomes))
-  assert kills >= 10 and outcomes[-1].endswith("bitwise equal"), outcomes
+  assert kills >= 10 and outcomes[-1].endswith("same final FVD"), outcomes
 
 
 # ---------------------------------------------------------------------------- two processes
@@ -466,13 +489,14 @@ if pid == 1:  # this process alone sees step 6 damaged (a bad cache, a flaky mou
   checkpointing.read_items = read_items
 config = importlib.import_module("configs.smoke").get_config()
 config.data.data_dir = data_dir
+config.train.num_steps = 3  # the restore is what is tested: nothing left to train after it
 train.train_and_evaluate(config, workdir)
 """
 
 
 def test_damage_seen_by_one_process_is_decided_by_all(six_steps, data_dir, tmp_path, report):
   """Two processes (gloo) resume a workdir whose step 6 reads back on process 0 but not on process
-  1: both set it aside, restore 3 and finish, instead of hanging in mismatched collectives."""
+  1: both set it aside and restore 3, instead of hanging in mismatched collectives."""
   import socket
 
   with socket.socket() as s:
@@ -508,5 +532,5 @@ def test_damage_seen_by_one_process_is_decided_by_all(six_steps, data_dir, tmp_p
   assert "is damaged (ValueError: DATA_LOSS: injected on process 1 only)" in outputs[1]
   assert "is damaged (unreadable on another process)" in outputs[0]
   entries = _entries(workdir / "checkpoints")
-  assert len([e for e in entries if e.startswith("6.corrupt-")]) == 1 and "6" in entries, entries
+  assert entries[0] == "3" and entries[1].startswith("6.corrupt-") and len(entries) == 2, entries
   report("step 6 unreadable on process 1 only: both processes resumed from 3")

@@ -212,12 +212,12 @@ def test_nonfinite_guard():
     guard.check(6, {"train/loss_r1": np.float32("nan")})
 
 
-@pytest.mark.parametrize("policy", ["skip", "stop"])
-def test_nonfinite_policy_with_a_nan_injected_into_one_batch(policy):
+def test_nonfinite_policy_skip_with_a_nan_injected_into_one_batch():
   """One batch with a NaN frame: "skip" keeps the whole state (networks, EMA, Adam moments, w_avg)
-  and counts train/skipped; the next batch trains. "stop" (official) applies the sanitised update."""
+  and counts train/skipped; the next batch trains. (The default "stop" applies the official
+  sanitised update: every other training test runs it.)"""
   config = tiny_digan.tiny_config()
-  config.train.nonfinite_policy = policy
+  config.train.nonfinite_policy = "skip"
   mesh = sharding.make_mesh(config.mesh)
   steps = steps_lib.DiganSteps(config, mesh, compiler_options=tiny_digan.COMPILER_OPTIONS)
   step_fn = steps.jit_train_step()
@@ -240,19 +240,15 @@ def test_nonfinite_policy_with_a_nan_injected_into_one_batch(policy):
     for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after))
     if not np.array_equal(x, y)
   ]
-  if policy == "skip":
-    assert float(metrics["train/skipped"]) == 1.0
-    assert changed == [()] and int(after.step) == int(before.step) + 1  # only the counter
-    state, metrics = feed(state, 2)
-    assert float(metrics["train/skipped"]) == 0.0 and np.isfinite(float(metrics["train/loss_d"]))
-    moved = host(state)
-    assert any(
-      not np.array_equal(x, y)
-      for x, y in zip(jax.tree.leaves(after.d_params), jax.tree.leaves(moved.d_params))
-    )
-  else:
-    assert "train/skipped" not in metrics
-    assert len(changed) > 10  # the official update went ahead
+  assert float(metrics["train/skipped"]) == 1.0
+  assert changed == [()] and int(after.step) == int(before.step) + 1  # only the counter
+  state, metrics = feed(state, 2)
+  assert float(metrics["train/skipped"]) == 0.0 and np.isfinite(float(metrics["train/loss_d"]))
+  moved = host(state)
+  assert any(
+    not np.array_equal(x, y)
+    for x, y in zip(jax.tree.leaves(after.d_params), jax.tree.leaves(moved.d_params))
+  )
 
 
 def test_nonfinite_guard_of_the_skip_policy():

@@ -199,6 +199,19 @@ class Evaluator:
   def due(self, step: int, *, start: bool = False, end: bool = False) -> list[Protocol]:
     return [s.protocol for s in self.schedules if s.due(step, start=start, end=end)]
 
+  def missing(self, step: int, *, end: bool = False) -> list[Protocol]:
+    """The protocols due at `step` with no result in eval/<step>.json (a run stopped between its
+    checkpoint of `step` and their end)."""
+    path = self.out_dir / f"{step}.json"
+    try:
+      done = set(fileio.read_json(path).get("results", {})) if path.is_file() else set()
+    except (OSError, ValueError):
+      done = set()
+    due = self.due(step, end=end)
+    # One decision for all processes (the evaluation is collective): process 0's reading.
+    mask = sharding.from_process_0(sum(1 << i for i, p in enumerate(due) if p.name not in done))
+    return [p for i, p in enumerate(due) if mask >> i & 1]
+
   def __call__(self, g_ema, step: int, due: list[Protocol] | None = None) -> dict[str, dict]:
     """{protocol name: result} for `due` (default: every scheduled protocol), each recorded."""
     results = {}
