@@ -273,7 +273,7 @@ class TrainCheckpoints:
     if step not in self.last.all_steps():  # Orbax logs some commit failures instead of raising
       self._save_failed(step, RuntimeError("the step was not committed (see the log above)"))
       return
-    if self.failed is not None and self.failed[0] < step:
+    if self.failed is not None and (self.failed[0] or 0) < step:
       self.failed = None
     for old in sorted(self.last.all_steps())[: -self.keep] if self.keep else []:
       self.last.delete(old)
