@@ -281,7 +281,8 @@ def train_and_evaluate(config, workdir) -> dict:
     _evaluate_and_record(evaluator, evaluator.due(0, start=True), ckpts, writer, 0, state)
   final_metrics: dict[str, float] = {}
   if start > 0:  # what a stop right after the checkpoint of `start` left undone
-    if _samples_due(config, start, num_steps) and not (workdir / "samples" / str(start)).exists():
+    done = workdir / "samples" / str(start) / "sampling.json"  # written last by sample_to_dir
+    if _samples_due(config, start, num_steps) and not done.exists():
       _write_samples_logged(config, workdir, state, start, writer)
     if evaluator is not None:
       due = evaluator.missing(start, end=start == num_steps)

@@ -280,6 +280,14 @@ MUTATIONS = (
     "    except Exception as e:  # noqa: BLE001 - any storage error; the run goes on\n      raise\n",
     ("tests/test_faults.py::test_failed_write_is_retried_at_the_next_save",),
   ),
+  Mutation(
+    "catch_up_partial_samples",
+    "a resumed run takes a half-written samples directory of its step for done",
+    "digan_jax/train.py",
+    '    done = workdir / "samples" / str(start) / "sampling.json"  # written last by sample_to_dir\n',
+    '    done = workdir / "samples" / str(start)\n',
+    ("tests/test_faults.py::test_stop_after_the_last_checkpoint_still_gets_its_samples_and_fvd",),
+  ),
 )
 
 

@@ -167,16 +167,19 @@ def test_checkpoint_of_another_config_is_refused_and_left_in_place(six_steps, da
 def test_stop_after_the_last_checkpoint_still_gets_its_samples_and_fvd(
   six_steps, data_dir, tmp_path, report
 ):
-  """A run killed after its final checkpoint but before its final samples and FVD: the same
-  command restores that step and writes what is missing (also for a mid-run step)."""
+  """A run killed after its final checkpoint, while writing its final samples and before its FVD:
+  the same command restores that step and writes what is missing (also for a mid-run step)."""
   workdir = _copy(six_steps, tmp_path)
   config = _smoke(data_dir, sample_every_steps=3)
   config.eval.protocol, config.eval.at_end = "proxy", True
   config.eval.num_videos, config.eval.num_repeats, config.eval.batch_size = 8, 1, 8
+  partial = workdir / "samples" / "6"  # killed while writing them: one file, no sampling.json
+  partial.mkdir(parents=True)
+  (partial / "video_0000.gif").write_bytes(b"partial")
   train.train_and_evaluate(config, workdir)
-  assert (workdir / "samples" / "6" / "grid.gif").exists() and not (
-    workdir / "samples" / "3"
-  ).exists()
+  assert (workdir / "samples" / "6" / "sampling.json").exists()
+  assert (partial / "video_0000.gif").read_bytes() != b"partial"
+  assert not (workdir / "samples" / "3").exists()
   assert "proxy" in json.loads((workdir / "eval" / "6.json").read_text())["results"]
   report("stopped after checkpoint 6, before its samples and FVD: both written on the rerun")
 
@@ -452,7 +455,7 @@ def test_sigkill_at_random_times_always_resumes_to_the_same_result(data_dir, tmp
       json.loads((w / "eval" / f"{KILL_STEPS}.json").read_text())["results"]["proxy"]["fvd"]
       for w in (workdir, reference)
     ]
-    assert fvd[0] == fvd[1] and (workdir / "samples" / str(KILL_STEPS) / "grid.gif").exists()
+    assert fvd[0] == fvd[1] and (workdir / "samples" / str(KILL_STEPS) / "sampling.json").exists()
     outcomes[-1] += ", end state bitwise equal, same final FVD"
     if kills >= 10:
       break
