@@ -183,6 +183,13 @@ class NonFiniteGuard:
     self.count = 0
     self.first_bad_step = None
 
+  def _strike(self, step: int) -> bool:
+    """Counts one bad check; True once `patience` of them came in a row."""
+    self.count += 1
+    if self.first_bad_step is None:
+      self.first_bad_step = step
+    return self.count >= self.patience
+
   def check(self, step: int, metrics) -> bool:
     """True when all losses are finite; raises after `patience` non-finite checks in a row."""
     bad = {
@@ -193,10 +200,7 @@ class NonFiniteGuard:
     if not bad:
       self.count, self.first_bad_step = 0, None
       return True
-    self.count += 1
-    if self.first_bad_step is None:
-      self.first_bad_step = step
-    if self.count >= self.patience:
+    if self._strike(step):
       raise NonFiniteLossError(
         f"training stopped at step {step}: losses have been non-finite for {self.count} "
         f"consecutive checks since step {self.first_bad_step} ({bad}). The last checkpoint "
@@ -218,10 +222,7 @@ class NonFiniteGuard:
     if skipped < steps:
       self.count, self.first_bad_step = 0, None
       return
-    self.count += 1
-    if self.first_bad_step is None:
-      self.first_bad_step = step
-    if self.count >= self.patience:
+    if self._strike(step):
       raise NonFiniteLossError(
         f"training stopped at step {step}: every iteration since step {self.first_bad_step} was "
         "non-finite and skipped. The state is the last finite one; resume from the last "

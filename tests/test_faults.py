@@ -500,11 +500,7 @@ train.train_and_evaluate(config, workdir)
 def test_damage_seen_by_one_process_is_decided_by_all(six_steps, data_dir, tmp_path, report):
   """Two processes (gloo) resume a workdir whose step 6 reads back on process 0 but not on process
   1: both set it aside and restore 3, instead of hanging in mismatched collectives."""
-  import socket
-
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
+  port = tiny_digan.free_port()
   workdir = _copy(six_steps, tmp_path)
   env = dict(
     os.environ,

@@ -4,7 +4,6 @@ import json
 import os
 import pathlib
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -19,15 +18,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_STEPS = 2
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_match_single_process(tmp_path):
-  port = _free_port()
+  port = tiny_digan.free_port()
   env = dict(
     os.environ,
     XLA_FLAGS="--xla_force_host_platform_device_count=2",

@@ -84,6 +84,15 @@ def real_batch(step: int, global_batch: int, resolution: int, c_dim: int = 0):
   return batch
 
 
+def free_port() -> int:
+  """A free local TCP port for jax.distributed's coordinator."""
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
 def run(config, mesh, num_steps: int):
   """Train `num_steps` iterations feeding each process its rows; returns (metrics list, state)."""
   import jax
