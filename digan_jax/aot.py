@@ -16,10 +16,15 @@ the EMA generator's render and the FVD feature graph, and prints JSON per functi
                 (libtpu 0.0.42 reports negative estimates for large programs: null then)
   roofline      max(flops / peak bf16, bytes / HBM bandwidth) seconds, its bound (compute or
                 memory), the videos/s per chip it implies and the implied MFU (flops / time / peak)
+  kernel_roofline
+                the same with the bytes that cross kernel boundaries (kernels.bytes) in place of
+                the compiler's total, which also counts traffic inside fused kernels (on the
+                paper step 9x more): a lower bound on the time, an upper bound on MFU
   collectives   count and result bytes of each collective op in the optimised HLO
   kernels       libtpu's own per-kernel estimates (`estimated_cycles`) summed, in seconds at the
                 chip's clock where reference.json has one, and the source ops (network/layer)
-                that take most of them, with their bytes (digan_jax/hlo_profile.py)
+                that take most of them, with their bytes; `bytes` (every kernel's operands and
+                result) and the sources that move most of them (digan_jax/hlo_profile.py)
   compile_s     seconds this host took to compile it
 
 `iteration` amortises the lazy R1 variant over config.train.r1_every. These are compiler estimates
@@ -123,6 +128,7 @@ def report(
   compiler_s = cost.get("optimal_seconds")
   compute_s, memory_s = flops / chip["peak_flops"], nbytes / chip["hbm_bytes_per_s"]
   seconds = max(compute_s, memory_s)
+  kernels = kernel_estimate(text, chip)
   return dict(
     memory=memory,
     flops=flops,
@@ -138,19 +144,34 @@ def report(
       mfu=compute_s / seconds if seconds else None,
     ),
     collectives=hlo_profile.collectives(text),
-    kernels=kernel_estimate(text, chip),
+    kernels=kernels,
+    kernel_roofline=_roofline(compute_s, kernels["bytes"] / chip["hbm_bytes_per_s"]),
+  )
+
+
+def _roofline(compute_s: float, memory_s: float) -> dict[str, Any]:
+  seconds = max(compute_s, memory_s)
+  return dict(
+    seconds=seconds,
+    memory_seconds=memory_s,
+    bound="compute" if compute_s >= memory_s else "memory",
+    mfu=compute_s / seconds if seconds else None,
   )
 
 
 def kernel_estimate(hlo_text: str, chip: dict[str, Any], top: int = 12) -> dict[str, Any]:
   """The compiler's own per-kernel time estimates (TPU `estimated_cycles`), summed and at the
   chip's clock where known, and the source ops that take most of them (with their bytes)."""
-  cycles = hlo_profile.by_source(hlo_profile.instructions(hlo_text), "cycles", top, depth=5)
+  found = hlo_profile.instructions(hlo_text)
+  cycles = hlo_profile.by_source(found, "cycles", top, depth=5)
+  nbytes = hlo_profile.by_source(found, "bytes", top, depth=5)
   clock = chip.get("clock_hz")
   return dict(
     estimated_cycles=cycles["total"],
     estimated_seconds=cycles["total"] / clock if clock and cycles["total"] else None,
     top_by_cycles=cycles["top"],
+    bytes=nbytes["total"],
+    top_by_bytes=nbytes["top"],
   )
 
 
@@ -319,14 +340,16 @@ def compile_for_topology(
     flops = per_iteration(lambda v: v["flops"])
     per_device = plain["roofline"]["items_per_device"]
     estimates = [v["kernels"]["estimated_seconds"] for v in (plain, *lazy)]
+    estimated = (
+      None if None in estimates else per_iteration(lambda v: v["kernels"]["estimated_seconds"])
+    )
     result["iteration"] = dict(
       seconds=seconds,
-      estimated_seconds=None
-      if None in estimates
-      else per_iteration(lambda v: v["kernels"]["estimated_seconds"]),
+      estimated_seconds=estimated,
       videos_per_s_per_device=per_device / seconds,
       kimg_per_day=per_device * len(devices) / seconds * 86400 / 1000,
       mfu=flops / chip["peak_flops"] / seconds,
+      estimated_mfu=flops / chip["peak_flops"] / estimated if estimated else None,
     )
   return result
 

@@ -11,7 +11,9 @@ per-chip batch x chips. That projection is named in the `basis` column; rows com
 topology say "compiled".
 
 Step time is the slower of the two compiler estimates: the roofline (FLOPs / peak vs bytes / HBM
-bandwidth) and libtpu's per-kernel `estimated_cycles` at the chip's clock. The lazy R1 iteration
+bandwidth) and libtpu's per-kernel `estimated_cycles` at the chip's clock. The table also shows
+the kernel estimate alone and the MFU each implies (FLOPs of the iteration, R1 amortised, over the
+chip's bf16 peak and the time). The lazy R1 iteration
 is amortised over `r1_every` from the report's own `iteration`, or else with the R1 overhead ratio
 of `--r1_from` (a report that compiled both variants, at the same per-chip batch where possible).
 Everything here is an estimate from a CPU host; `benchmark train` on the chips measures it.
@@ -44,20 +46,32 @@ def amortised(plain: float, lazy: list[float], every: int) -> float:
   return (plain * (every - 1) + sum(lazy)) / every
 
 
-def r1_overhead(report: dict[str, Any]) -> float:
-  """Amortised iteration time / plain iteration time of a report with both variants."""
+def r1_overhead(report: dict[str, Any], get=_seconds) -> float:
+  """Amortised iteration / plain iteration of a report with both variants, of `get(entry)` (the
+  step time by default; e.g. the FLOPs)."""
   fns = report["functions"]
   lazy = [k for k in fns if k.startswith("train_step+")]
   if "train_step" not in fns or not lazy:
     raise UserError(
       "--r1_from needs a report compiled with the lazy variants (no --nolazy_variants)"
     )
-  plain = _seconds(fns["train_step"])
-  return amortised(plain, [_seconds(fns[k]) for k in lazy], report["r1_every"]) / plain
+  plain = get(fns["train_step"])
+  return amortised(plain, [get(fns[k]) for k in lazy], report["r1_every"]) / plain
 
 
-def row(report: dict[str, Any], chips: int | None, total_kimg: float, r1_ratio: float | None):
-  """One plan row (a dict) for `report` run on `chips` chips."""
+def _kernel_seconds(entry: dict[str, Any]) -> float | None:
+  return entry.get("kernels", {}).get("estimated_seconds")
+
+
+def row(
+  report: dict[str, Any],
+  chips: int | None,
+  total_kimg: float,
+  r1_ratio: float | None,
+  r1_flops_ratio: float | None = None,
+):
+  """One plan row (a dict) for `report` run on `chips` chips. Without a compiled R1 variant the
+  step time is scaled by `r1_ratio` and the FLOPs by `r1_flops_ratio` (default: the same)."""
   fns = report["functions"]
   if "train_step" not in fns:
     raise UserError(
@@ -69,18 +83,29 @@ def row(report: dict[str, Any], chips: int | None, total_kimg: float, r1_ratio: 
   plain = _seconds(fns["train_step"])
   lazy = [k for k in fns if k.startswith("train_step+")]
   if lazy:
-    r1_ratio = r1_overhead(report)
+    r1_ratio, r1_flops_ratio = r1_overhead(report), r1_overhead(report, lambda e: e["flops"])
   if r1_ratio is None:
     raise UserError(
       f"report for {report['topology']} has no R1 variant; pass --r1_from=<report with both> "
       "or --r1_ratio"
     )
+  r1_flops_ratio = r1_ratio if r1_flops_ratio is None else r1_flops_ratio
   seconds = plain * r1_ratio
+  flops = fns["train_step"]["flops"] * r1_flops_ratio
+  peak = report["chip"].get("peak_flops")
+  # The kernel estimate alone (no roofline), for the MFU libtpu's own cost model implies.
+  kernel_s = _kernel_seconds(fns["train_step"])
+  if kernel_s and lazy:
+    estimates = [_kernel_seconds(fns[k]) for k in lazy]
+    kernel_s = None if None in estimates else amortised(kernel_s, estimates, report["r1_every"])
+  elif kernel_s:
+    kernel_s *= r1_ratio
   videos_per_s = per_chip_batch * chips / seconds
   days = total_kimg * 1000 / videos_per_s / 86400
   memory = max(v["memory"]["total_bytes"] for v in fns.values() if "memory" in v)
   mesh = report["mesh"]
   return dict(
+    config=_config_label(report),
     chip=report["chip"]["chip"],
     chips=chips,
     global_batch=int(round(per_chip_batch * chips)),
@@ -91,12 +116,20 @@ def row(report: dict[str, Any], chips: int | None, total_kimg: float, r1_ratio: 
     memory_gib=memory / 2**30,
     hbm_gib=report["chip"]["hbm_bytes"] / 2**30,
     step_s=seconds,
+    kernel_step_s=kernel_s,
+    mfu=flops / peak / seconds if peak else None,
+    kernel_mfu=flops / peak / kernel_s if peak and kernel_s else None,
     videos_per_s=videos_per_s,
     days=days,
     chip_hours=days * 24 * chips,
     basis="compiled" if chips == compiled_chips else f"projected from {report['topology']}",
     r1="compiled" if lazy else "ratio from --r1_from",
   )
+
+
+def _config_label(report: dict[str, Any]) -> str:
+  name = str(report.get("config") or "?")
+  return name.rsplit("/", 1)[-1].removesuffix(".py")
 
 
 def flops_per_video(report: dict[str, Any]) -> float:
@@ -146,16 +179,21 @@ def gpu_markdown(rows: list[dict[str, Any]], total_kimg: float) -> str:
 
 def markdown(rows: list[dict[str, Any]], total_kimg: float) -> str:
   head = (
-    "| chips | global batch | mesh | dtype, remat | per-chip memory | step (s) | videos/s | "
-    f"days to {total_kimg:,.0f} kimg | chip-hours | basis |\n|---|---|---|---|---|---|---|---|---|---|"
+    "| config | chips | global batch | mesh | dtype, remat | per-chip memory | step (s) | MFU | "
+    f"kernel estimate (s, MFU) | videos/s | days to {total_kimg:,.0f} kimg | chip-hours | basis |"
+    "\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   )
+  pct = lambda x: "–" if x is None else f"{x:.1%}"
   lines = [head]
   for r in rows:
+    kernel = (
+      "–" if r["kernel_step_s"] is None else f"{r['kernel_step_s']:.3f}, {pct(r['kernel_mfu'])}"
+    )
     lines.append(
-      f"| {r['chip']} × {r['chips']} | {r['global_batch']} | {r['mesh']} | {r['dtype']}, "
-      f"{r['remat']} | {r['memory_gib']:.2f} / {r['hbm_gib']:.0f} GiB | {r['step_s']:.3f} | "
-      f"{r['videos_per_s']:.0f} | {r['days']:.1f} | {r['chip_hours']:,.0f} | {r['basis']}; "
-      f"R1 {r['r1']} |"
+      f"| {r['config']} | {r['chip']} × {r['chips']} | {r['global_batch']} | {r['mesh']} | "
+      f"{r['dtype']}, {r['remat']} | {r['memory_gib']:.2f} / {r['hbm_gib']:.0f} GiB | "
+      f"{r['step_s']:.3f} | {pct(r['mfu'])} | {kernel} | {r['videos_per_s']:.0f} | "
+      f"{r['days']:.1f} | {r['chip_hours']:,.0f} | {r['basis']}; R1 {r['r1']} |"
     )
   return "\n".join(lines)
 
@@ -181,12 +219,14 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
 def main(argv, fv: flags.FlagValues = flags.FLAGS) -> int:
   cli_flags.reject_positional(argv)
   try:
-    ratio = r1_overhead(_load(fv.r1_from)) if fv.r1_from else fv.r1_ratio
+    source = _load(fv.r1_from) if fv.r1_from else None
+    ratio = r1_overhead(source) if source else fv.r1_ratio
+    flops_ratio = r1_overhead(source, lambda e: e["flops"]) if source else None
     label = "ratio from --r1_from" if fv.r1_from else f"assumed x{fv.r1_ratio}"
     rows = []
     for spec in fv.reports:
       path, _, chips = spec.partition(":")
-      r = row(_load(path), int(chips) if chips else None, fv.total_kimg, ratio)
+      r = row(_load(path), int(chips) if chips else None, fv.total_kimg, ratio, flops_ratio)
       if r["r1"] != "compiled":
         r["r1"] = label
       rows.append(r)

@@ -74,7 +74,7 @@ def libtpu_env():
 def test_train_step_compiles_for_v5e_2x2(libtpu_env, tmp_path):
   """The tiny config's training iteration for 4 v5e chips: every report field, a data-parallel
   all-reduce, and the strided XLA conv (not the CPU polyphase matmul) in the optimised HLO."""
-  config = tiny_digan.tiny_config(global_batch=8)
+  config = tiny_digan.tiny_config(global_batch=8, r1_every=4)
   partial = []  # each function's report is handed out as soon as it is compiled
   result = aot.compile_for_topology(
     config,
@@ -84,12 +84,21 @@ def test_train_step_compiles_for_v5e_2x2(libtpu_env, tmp_path):
     log=lambda _: None,
     on_function=lambda r: partial.append(sorted(r["functions"])),
   )
-  assert partial == [["train_step"]]
+  assert partial == [["train_step"], ["train_step", "train_step+r1"]]
   assert result["num_devices"] == 4 and result["chip"]["chip"] == "v5e"
   assert result["chip"]["hbm_bytes"] == 16 * 2**30 and result["per_device_batch"] == 2
-  (name,) = result["functions"]  # r1_every = 1: one variant, R1 every step
-  assert name == "train_step"
-  entry = result["functions"][name]
+  plain, lazy = (result["functions"][k] for k in ("train_step", "train_step+r1"))
+  assert lazy["flops"] > plain["flops"]  # R1's double backward
+  # The iteration: the R1 variant once every 4 steps, in time, FLOPs and libtpu's estimate.
+  it, peak = result["iteration"], result["chip"]["peak_flops"]
+  amortise = lambda get: (3 * get(plain) + get(lazy)) / 4
+  assert it["seconds"] == pytest.approx(amortise(lambda v: v["roofline"]["seconds"]))
+  kernel_s = amortise(lambda v: v["kernels"]["estimated_seconds"])
+  assert it["estimated_seconds"] == pytest.approx(kernel_s)
+  flops = amortise(lambda v: v["flops"])
+  assert it["mfu"] == pytest.approx(flops / peak / it["seconds"])
+  assert it["estimated_mfu"] == pytest.approx(flops / peak / kernel_s)
+  entry = plain
   mem = entry["memory"]
   assert 0 < mem["argument"] and 0 < mem["temp"] and mem["fits"]
   assert mem["total_bytes"] == (
@@ -105,6 +114,12 @@ def test_train_step_compiles_for_v5e_2x2(libtpu_env, tmp_path):
   assert kernels["estimated_seconds"] == kernels["estimated_cycles"] / result["chip"]["clock_hz"]
   sources = [t["source"] for t in kernels["top_by_cycles"]]
   assert any("Discriminator" in s for s in sources) and any("Generator" in s for s in sources)
+  # Kernel bytes count each kernel's operands and result once: never below the largest source.
+  assert kernels["bytes"] >= kernels["top_by_bytes"][0]["bytes"] > 0
+  assert kernels["bytes"] >= mem["argument"] - mem["alias"]  # every input is read at least once
+  kroof = entry["kernel_roofline"]
+  assert kroof["memory_seconds"] == kernels["bytes"] / result["chip"]["hbm_bytes_per_s"]
+  assert kroof["seconds"] == max(roof["compute_seconds"], kroof["memory_seconds"])
   json.dumps(result)
   hlo = (tmp_path / "train_step.hlo.txt").read_text()
   assert re.search(r"convolution\(.*window=\{size=3x3 stride=2x2", hlo), "no strided D conv"

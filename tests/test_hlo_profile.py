@@ -1,5 +1,7 @@
 """hlo_profile: what each kernel of an optimised HLO module moves and costs, by source op."""
 
+import json
+
 from digan_jax import hlo_profile
 
 # The shape of libtpu's optimised HLO: fused computations first, kernels in ENTRY with metadata and
@@ -74,3 +76,16 @@ def test_collectives_are_counted_from_hlo_text():
   )
   assert out["all-gather"] == dict(count=1, bytes=16 * 8 * 2, max_bytes=16 * 8 * 2)
   assert out["reduce-scatter"]["count"] == 0
+
+
+def test_command_line_summary(tmp_path, capsys):
+  path = tmp_path / "step.hlo.txt"
+  path.write_text(HLO)
+  assert hlo_profile.main([str(path), "--depth=3"]) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert out["kernels"] == 3
+  assert out["cycles"]["total"] == 1500
+  assert out["bytes"]["total"] == 2 * 8 * 16 * 4 + 2 * 16 * 4 + 8 * 16 * 4 + 8 * 4
+  assert out["bytes"]["top"][0]["source"] == "step/DualDiscriminator.image/image_d"
+  assert hlo_profile.main([str(tmp_path / "missing.txt")]) == 2
+  assert "cannot read" in capsys.readouterr().err

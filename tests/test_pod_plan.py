@@ -7,22 +7,23 @@ import pytest
 from digan_jax import pod_plan
 
 
-def _entry(roofline_s, estimated_s, total_bytes=2**30):
+def _entry(roofline_s, estimated_s, total_bytes=2**30, flops=1e12):
   return dict(
     roofline=dict(seconds=roofline_s),
     kernels=dict(estimated_seconds=estimated_s),
     memory=dict(total_bytes=total_bytes),
-    flops=1e12,
+    flops=flops,
   )
 
 
 def _report(with_r1=True):
   functions = {"train_step": _entry(0.10, 0.08)}
   if with_r1:
-    functions["train_step+r1"] = _entry(0.20, 0.26, 3 * 2**30)
+    functions["train_step+r1"] = _entry(0.20, 0.26, 3 * 2**30, flops=3e12)
   return dict(
+    config="configs/taichi128.py",
     topology="v5e:2x2",
-    chip=dict(chip="v5e", chips=4, hbm_bytes=16 * 2**30),
+    chip=dict(chip="v5e", chips=4, hbm_bytes=16 * 2**30, peak_flops=100e12),
     global_batch=64,
     mesh={"data": 4, "fsdp": 1},
     compute_dtype="bfloat16",
@@ -43,6 +44,12 @@ def test_row_projects_the_per_chip_program_over_chips():
   assert here["days"] == pytest.approx(25e6 / (64 / step) / 86400)
   assert here["chip_hours"] == pytest.approx(here["days"] * 24 * 4)
   assert here["memory_gib"] == 3.0 and here["mesh"] == "4 data x 1 fsdp"
+  assert here["config"] == "taichi128"
+  flops = (1e12 * 15 + 3e12) / 16  # R1 amortised in the FLOPs as in the time
+  assert here["mfu"] == pytest.approx(flops / 100e12 / step)
+  kernel_step = (0.08 * 15 + 0.26) / 16  # libtpu's estimate alone
+  assert here["kernel_step_s"] == pytest.approx(kernel_step)
+  assert here["kernel_mfu"] == pytest.approx(flops / 100e12 / kernel_step)
   big = pod_plan.row(report, 64, 25_000, None)  # 16 videos per chip on 64 chips
   assert big["global_batch"] == 1024 and big["mesh"] == "64 data x 1 fsdp"
   assert big["basis"] == "projected from v5e:2x2"
@@ -57,6 +64,11 @@ def test_plain_only_report_needs_an_r1_ratio(tmp_path):
   ratio = pod_plan.r1_overhead(_report())
   r = pod_plan.row(plain, 16, 25_000, ratio)
   assert r["step_s"] == pytest.approx(0.10 * ratio) and r["r1"] == "ratio from --r1_from"
+  assert r["kernel_step_s"] == pytest.approx(0.08 * ratio)
+  flops_ratio = pod_plan.r1_overhead(_report(), lambda e: e["flops"])
+  assert flops_ratio == pytest.approx((15 + 3) / 16)
+  r = pod_plan.row(plain, 16, 25_000, ratio, flops_ratio)
+  assert r["mfu"] == pytest.approx(1e12 * flops_ratio / 100e12 / r["step_s"])
   a, b = tmp_path / "a.json", tmp_path / "b.json"
   a.write_text(json.dumps(plain))
   b.write_text(json.dumps(_report()))
