@@ -10,7 +10,7 @@ import pytest
 
 from digan_jax.models import CoordGrid, Discriminator, DiscriminatorConfig, DualDiscriminator
 from digan_jax.models import Generator, GeneratorConfig
-from digan_jax.models.layers import minibatch_std
+from digan_jax.models.layers import add_upsampled_nearest2x, minibatch_std
 
 import tiny_digan
 
@@ -292,3 +292,14 @@ def test_remat_keeps_parameters_outputs_and_gradients(tiny):
     assert "remat" in jaxpr or "checkpoint" in jaxpr, type(net).__name__
   with pytest.raises(ValueError, match="choose one of"):
     Generator(TINY, remat="everything").init(jax.random.key(0), z, zm, times)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_add_upsampled_equals_adding_the_nearest_upsampled_array(dtype):
+  """The blockwise broadcast add is the official `x + up2(low)` exactly, in both precisions."""
+  x = jax.random.normal(jax.random.key(0), (2, 3, 8, 6, 5)).astype(dtype)
+  low = jax.random.normal(jax.random.key(1), (2, 3, 4, 3, 5)).astype(dtype)
+  upsampled = jnp.repeat(jnp.repeat(low, 2, axis=-3), 2, axis=-2)
+  out = add_upsampled_nearest2x(x, low)
+  assert out.dtype == dtype and out.shape == x.shape
+  np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(x + upsampled, np.float32))

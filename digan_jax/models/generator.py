@@ -23,7 +23,7 @@ from digan_jax.models.layers import (
   bias_act,
   normalize_2nd_moment,
   remat,
-  upsample_nearest2x,
+  add_upsampled_nearest2x,
 )
 
 
@@ -142,7 +142,7 @@ class FMMLayer(nn.Module):
     weight = weight / (jnp.sqrt(jnp.sum(jnp.square(weight), axis=-1, keepdims=True)) + 1e-8)
     y = _per_pixel(x, weight[:, :, c_low:], self.dtype)
     if x_low is not None:
-      y = y + upsample_nearest2x(_per_pixel(x_low, weight[:, :, :c_low], self.dtype))
+      y = add_upsampled_nearest2x(y, _per_pixel(x_low, weight[:, :, :c_low], self.dtype))
     bias = self.param("bias", nn.initializers.zeros, (c_out,))
     return bias_act(y, bias, "lrelu")
 
@@ -198,10 +198,10 @@ class SynthesisNetwork(nn.Module):
     x = fmm(cfg.channels(4), "b4_conv1")(x, w)
     img = torgb("b4_torgb")(x, w)
     for res in cfg.block_resolutions[1:]:
-      if res > cfg.input_resolution:
+      upsampled = res > cfg.input_resolution
+      if upsampled:
         # Official: conv0(concat[up2(x), emb]); x is passed low-res (see FMMLayer).
         level *= 2
-        img = upsample_nearest2x(img)
         emb = self._fuser(f"b{res}_coord_fuser")(w, z_motion, times, grid.coords(level))
         x = fmm(cfg.channels(res), f"b{res}_conv0")(emb, w, x_low=x)
       else:
@@ -209,7 +209,8 @@ class SynthesisNetwork(nn.Module):
       x = fmm(cfg.channels(res), f"b{res}_conv1")(x, w)
       for i in range(cfg.num_extra(res)):
         x = fmm(cfg.channels(res), f"b{res}_extra{i}")(x, w)
-      img = img + torgb(f"b{res}_torgb")(x, w)
+      rgb = torgb(f"b{res}_torgb")(x, w)
+      img = add_upsampled_nearest2x(rgb, img) if upsampled else img + rgb
     return img
 
 

@@ -256,7 +256,10 @@ def minibatch_std(x, group_size: int, num_channels: int = 1):
   return jnp.concatenate([x, y.astype(x.dtype)], axis=-1)
 
 
-def upsample_nearest2x(x):
-  """Nearest x2 along the two spatial axes preceding the channel axis."""
-  x = jnp.repeat(x, 2, axis=-3)
-  return jnp.repeat(x, 2, axis=-2)
+def add_upsampled_nearest2x(x, low):
+  """x + low upsampled x2 (nearest) along the two spatial axes preceding the channel axis, as one
+  broadcasting add over x viewed as 2x2 blocks: the upsampled array is never materialised (on TPU its broadcast and, in the backward pass, its
+  block sum were separate kernels with costly relayouts)."""
+  *lead, h, w, c = x.shape
+  blocks = x.reshape(*lead, h // 2, 2, w // 2, 2, c) + low[..., :, None, :, None, :]
+  return blocks.reshape(x.shape)
