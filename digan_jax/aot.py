@@ -19,7 +19,7 @@ the EMA generator's render and the FVD feature graph, and prints JSON per functi
   kernel_roofline
                 the same with the bytes that cross kernel boundaries (kernels.bytes) in place of
                 the compiler's total, which also counts traffic inside fused kernels (on the
-                paper step 9x more): a lower bound on the time, an upper bound on MFU
+                paper step 10x more): a lower bound on the time, an upper bound on MFU
   collectives   count and result bytes of each collective op in the optimised HLO
   kernels       libtpu's own per-kernel estimates (`estimated_cycles`) summed, in seconds at the
                 chip's clock where reference.json has one, and the source ops (network/layer)

@@ -27,6 +27,7 @@ ENTRY %main.2 (p: f32[8,16], w: bf16[16,4]) -> f32[8] {
   %slice-start.1 = ((f32[8,16]{1,0}), f32[2,16]{1,0:S(1)}, s32[]{:S(2)}) slice-start(%fusion.3), slice={[0:2], [0:16]}
   %slice-done.1 = f32[2,16]{1,0:S(1)} slice-done(%slice-start.1)
   %custom-call.4 = s32[4,4]{1,0} custom-call(), custom_call_target="AllocateBuffer"
+  %custom-call.7 = f32[2,16]{1,0:S(1)} custom-call(%slice-done.1), custom_call_target="ConcatBitcast"
   %reduce.5 = f32[8]{0} reduce(%fusion.3, %c), dimensions={1}, to_apply=%region_add, metadata={op_name="jit(step)/jvp(Generator)/synthesis/b4_conv1/reduce_sum"}, backend_config={"estimated_cycles":"300"}
   ROOT %tuple.6 = (f32[8]{0}) tuple(%reduce.5)
 }
