@@ -257,6 +257,22 @@ def _load(path: str) -> dict[str, Any]:
     raise UserError(f"cannot read aot report {path}: {e}") from e
   if not isinstance(report, dict) or "functions" not in report or "chip" not in report:
     raise UserError(f"{path} is not a digan_jax.aot report (no 'functions'/'chip')")
+  return with_kernel_seconds(report)
+
+
+def with_kernel_seconds(report: dict[str, Any]) -> dict[str, Any]:
+  """Fills libtpu's estimated seconds from its cycles where the report was compiled before
+  benchmark/reference.json had a clock for the chip (the cycles do not depend on it)."""
+  from digan_jax.benchmark import measure  # pylint: disable=g-import-not-at-top
+
+  clocks = {
+    e["name"]: e.get("tensorcore_clock_hz") for e in measure.reference()["chips"]["entries"]
+  }
+  clock = report["chip"].get("clock_hz") or clocks.get(report["chip"].get("chip"))
+  for entry in report["functions"].values():
+    kernels = entry.get("kernels", {})
+    if clock and kernels.get("estimated_seconds") is None and kernels.get("estimated_cycles"):
+      kernels["estimated_seconds"] = kernels["estimated_cycles"] / clock
   return report
 
 

@@ -96,3 +96,20 @@ def pod_plan_main(argv):
   from digan_jax import cli_flags
 
   return cli_flags.run_in_process(pod_plan.define_flags, pod_plan.main, argv)
+
+
+def test_kernel_seconds_from_cycles_and_the_reference_clock(tmp_path):
+  """A report compiled before reference.json had a v4 clock gets its kernel seconds at load."""
+  report = _report(with_r1=False)
+  report["chip"].update(chip="v4", peak_flops=275e12)
+  report["functions"]["train_step"]["kernels"] = dict(
+    estimated_seconds=None, estimated_cycles=2.1e8
+  )
+  path = tmp_path / "v4.json"
+  path.write_text(json.dumps(report))
+  loaded = pod_plan._load(str(path))  # pylint: disable=protected-access
+  seconds = loaded["functions"]["train_step"]["kernels"]["estimated_seconds"]
+  assert seconds == pytest.approx(2.1e8 / 1.05e9)
+  r = pod_plan.row(loaded, None, 25_000, 1.0)
+  assert r["kernel_step_s"] == pytest.approx(0.2)
+  assert r["step_s"] == pytest.approx(0.2)  # slower than the 0.10 s roofline
