@@ -64,7 +64,16 @@ def topology_devices(name: str) -> list[jax.Device]:
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
 
   try:
-    return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
+    devices = list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
+    if len(devices) > _chips(name):
+      # One device per TensorCore (v4's default description): JAX on v4 and v5p chips runs one
+      # device per chip ("megacore"), and its meshes require it.
+      devices = list(
+        topologies.get_topology_desc(
+          platform="tpu", topology_name=name, chip_config_name="megacore"
+        ).devices
+      )
+    return devices
   except Exception as e:  # libtpu missing, or a name it does not know
     if "lockfile" in str(e):
       raise UserError(
@@ -78,10 +87,14 @@ def topology_devices(name: str) -> list[jax.Device]:
     ) from e
 
 
+def _chips(topology: str) -> int:
+  return math.prod(int(x) for x in topology.split(":")[-1].split("x"))
+
+
 def chip_facts(devices: list[jax.Device], topology: str) -> dict[str, Any]:
   """HBM, bandwidth and peak per device (a chip, or one core where the topology lists cores)."""
   kind = devices[0].device_kind
-  chips = math.prod(int(x) for x in topology.split(":")[-1].split("x"))
+  chips = _chips(topology)
   per_chip = max(1, len(devices) // chips)
   for entry in measure.reference()["chips"]["entries"]:
     if entry["device_kind"].lower() in kind.lower():

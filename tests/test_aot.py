@@ -161,6 +161,17 @@ def test_bad_topology_and_batch_get_one_clear_message(libtpu_env):
     aot.compile_for_topology(config, "v9z:2x2", functions=("train",), log=lambda _: None)
 
 
+def test_v4_and_v5p_topologies_give_one_device_per_chip(libtpu_env):
+  """libtpu describes v4 per TensorCore by default; JAX meshes on v4/v5p need one device per chip."""
+  for name, kind in (("v4:2x2x1", "v4"), ("v5p:2x2x1", "v5p")):
+    devices = aot.topology_devices(name)
+    assert len(devices) == 4 and len({tuple(d.coords) for d in devices}) == 4, devices
+    chip = aot.chip_facts(devices, name)
+    assert chip["chip"] == kind and chip["devices_per_chip"] == 1
+    assert chip["hbm_bytes"] == {"v4": 32 * 2**30, "v5p": 102005473280}[kind]
+    sharding.make_mesh(tiny_digan.tiny_config(global_batch=8).mesh, devices)
+
+
 def test_too_big_names_bytes_hbm_and_what_helps():
   result = dict(
     topology="v5e:2x2",
