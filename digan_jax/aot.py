@@ -140,21 +140,19 @@ def report(
   flops, nbytes = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
   compiler_s = cost.get("optimal_seconds")
   compute_s, memory_s = flops / chip["peak_flops"], nbytes / chip["hbm_bytes_per_s"]
-  seconds = max(compute_s, memory_s)
+  roofline = _roofline(compute_s, memory_s)
+  seconds = roofline["seconds"]
   kernels = kernel_estimate(text, chip)
   return dict(
     memory=memory,
     flops=flops,
     bytes_accessed=nbytes,
     compiler_seconds=float(compiler_s) if compiler_s is not None and compiler_s > 0 else None,
-    roofline=dict(
-      seconds=seconds,
+    roofline=roofline
+    | dict(
       compute_seconds=compute_s,
-      memory_seconds=memory_s,
-      bound="compute" if compute_s >= memory_s else "memory",
       items_per_device=items_per_device,
       videos_per_s_per_device=items_per_device / seconds if seconds else None,
-      mfu=compute_s / seconds if seconds else None,
     ),
     collectives=hlo_profile.collectives(text),
     kernels=kernels,

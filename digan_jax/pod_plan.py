@@ -35,9 +35,12 @@ from digan_jax import cli_flags
 from digan_jax.errors import UserError
 
 
+def _kernel_seconds(entry: dict[str, Any]) -> float | None:
+  return entry.get("kernels", {}).get("estimated_seconds")
+
+
 def _seconds(entry: dict[str, Any]) -> float:
-  estimated = entry.get("kernels", {}).get("estimated_seconds")
-  return max(entry["roofline"]["seconds"], estimated or 0.0)
+  return max(entry["roofline"]["seconds"], _kernel_seconds(entry) or 0.0)
 
 
 def amortised(plain: float, lazy: list[float], every: int) -> float:
@@ -57,10 +60,6 @@ def r1_overhead(report: dict[str, Any], get=_seconds) -> float:
     )
   plain = get(fns["train_step"])
   return amortised(plain, [get(fns[k]) for k in lazy], report["r1_every"]) / plain
-
-
-def _kernel_seconds(entry: dict[str, Any]) -> float | None:
-  return entry.get("kernels", {}).get("estimated_seconds")
 
 
 def row(
