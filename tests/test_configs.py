@@ -82,22 +82,15 @@ def test_paper_recipe_values():
 def test_long_video_config_trains_the_same_program():
   """The pod plan uses taichi128's compiles for taichi128_long: their training iterations must
   lower to the same program, apart from the scalar σ_t (0.25 vs 0.5)."""
-  from digan_jax import sharding, steps as steps_lib  # pylint: disable=g-import-not-at-top
+  from digan_jax import aot, sharding  # pylint: disable=g-import-not-at-top
 
   texts = {}
   for name in ("taichi128", "taichi128_long"):
     config = importlib.import_module(f"configs.{name}").get_config()
     config.train.global_batch_size = 8
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:4])
-    steps = steps_lib.DiganSteps(config, mesh)
-    n, r = steps.global_batch, steps.resolution
-    batch_sharding = sharding.batch_sharding(mesh)
-    batch = {
-      "frames": jax.ShapeDtypeStruct((n, 2, r, r, 3), jnp.float32, sharding=batch_sharding),
-      "delta_t": jax.ShapeDtypeStruct((n,), jnp.float32, sharding=batch_sharding),
-    }
-    lowered = steps.jit_train_step().lower(steps.abstract_state, batch, ())
-    texts[name] = lowered.as_text().splitlines()
+    _, ((_, lower, _),) = aot.train_functions(config, mesh, lazy_variants=False)
+    texts[name] = lower().as_text().splitlines()
   short, long = texts["taichi128"], texts["taichi128_long"]
   assert len(short) == len(long) > 1000
   differing = [(a, b) for a, b in zip(short, long) if a != b]
