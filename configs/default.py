@@ -84,6 +84,10 @@ def get_config():
   # train/skipped) and stops after nonfinite_patience log intervals in which every step was skipped.
   train.nonfinite_policy = "stop"
   train.nonfinite_patience = 20
+  # Parameters kept at their initial values: a regex over names like
+  # "g/synthesis/b4_coord_fuser/motion_mlp0/weight" or "d/..." ("" = train everything). E.g.
+  # "g/.*coord_fuser/(affine|motion_mlp)" freezes G's motion path (tests/test_motion.py's control).
+  train.freeze = ""
 
   # ---- parallelism ----
   config.mesh = mesh = ml_collections.ConfigDict()
@@ -111,6 +115,10 @@ def get_config():
   ev.at_end = True  # evaluate after the last step (when evaluation is not off)
   ev.num_videos = -1  # fake and real videos per FVD (-1 = the protocol's N)
   ev.num_repeats = -1  # FVD trials averaged (-1 = the protocol's count)
+  # A split disjoint from data.eval_split ("" = none): its clips stand in for the fakes to give each
+  # FVD its floor (two real sets of the protocol's sizes), and results after step 0 report the
+  # share of the gap from step 0's FVD to that floor that training closed.
+  ev.floor_split = ""
 
   # ---- sampling ----
   config.sample = sample = ml_collections.ConfigDict()

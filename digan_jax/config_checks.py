@@ -7,6 +7,8 @@ and the eval mode call it; library functions below it keep only argument checks 
 
 from __future__ import annotations
 
+import re
+
 from digan_jax.errors import ConfigError
 
 _DTYPES = ("float32", "bfloat16")
@@ -54,6 +56,10 @@ def validate(config, num_devices: int | None = None) -> None:
   if policy not in NONFINITE_POLICIES:
     _fail("train.nonfinite_policy", policy, f"choose one of {list(NONFINITE_POLICIES)}")
   try:
+    re.compile(tc.get("freeze", ""))
+  except re.error as e:
+    _fail("train.freeze", tc.freeze, f"is not a regular expression ({e})")
+  try:
     augment.parse_policy(tc.augment)
   except ValueError as e:
     _fail("train.augment", tc.augment, str(e))
@@ -63,6 +69,15 @@ def validate(config, num_devices: int | None = None) -> None:
 
   if "eval" in config:
     schedule.schedules(config)  # raises ConfigError for a bad config.eval.protocol
+    floor_split = config.eval.get("floor_split", "")
+    shared = set(str(floor_split).split("+")) & set(str(config.data.eval_split).split("+"))
+    if floor_split and shared:
+      _fail(
+        "eval.floor_split",
+        floor_split,
+        f"shares {sorted(shared)} with data.eval_split={config.data.eval_split!r}; the floor "
+        "needs disjoint real sets: name another split (e.g. 'train' when evaluating on 'test')",
+      )
 
   if num_devices is not None:
     try:

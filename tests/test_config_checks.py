@@ -19,6 +19,8 @@ BAD = [
   ("train.augment_cutout", 1.5, "choose a value in [0, 1]"),
   ("eval.protocol", "proxy@sometimes", "NAME@<steps>"),
   ("eval.protocol", "nope", "unknown FVD protocol"),
+  ("eval.floor_split", "train", "the floor needs disjoint real sets"),  # eval_split is "train"
+  ("train.freeze", "g/(unclosed", "is not a regular expression"),
 ]
 
 

@@ -425,6 +425,52 @@ def test_eval_mode_writes_result_with_protocol_card(tmp_path, i3d_vars, tiny_gen
   assert os.path.isfile(saved["real_cache"])
 
 
+def test_floor_is_fvd_of_disjoint_real_sets_and_the_gap_is_read_against_it(
+  tmp_path, i3d_vars, tiny_generator, mesh1
+):
+  """`floor`: the protocol's reals against as many clips of other videos as it has fakes, cached
+  like the reals; `gap_closed` and `describe` read FVDs against it."""
+  generator, variables = tiny_generator
+  data = synthetic_videos.generate(12, resolution=32, num_frames=(12, 20), seed=1)
+  protocol = protocols.get_protocol("proxy", num_fake=5, num_real=4, num_frames=NUM_FRAMES)
+  reals = real_data.clip_source_from_videos(data.videos[:6], protocol)
+  others = real_data.clip_source_from_videos(data.videos[6:], protocol)
+  kw = dict(mesh=mesh1, batch_size=4, i3d_vars=i3d_vars, progress=False, cache_dir=tmp_path)
+  result = ev.evaluate(generator, variables, protocol, reals, floor_clips=others, **kw)
+  floor = result["floor"]
+  real_sets, _ = real_data.real_feature_sets(reals, protocol, **kw)
+  stand_in = protocols.get_protocol("proxy", num_fake=5, num_real=5, num_frames=NUM_FRAMES)
+  other_sets, info = real_data.real_feature_sets(others, stand_in, **kw)
+  assert info["cache_hit"]  # evaluate cached the floor clips' features
+  want = ev.fvd_kvd(real_sets[0], other_sets[0], protocol)
+  print(f"measured: FVD of an untrained G {result['fvd']:.2f}, floor {floor['fvd']:.2f}")
+  assert (floor["fvd"], floor["kvd"]) == pytest.approx(want)
+  assert floor["num_clips"] == 5 and floor["dataset_fingerprint"] == others.fingerprint
+  assert 0 < floor["fvd"] < result["fvd"]
+  assert result["timing"]["real_clips_computed"] == 9  # 4 reals + 5 floor clips
+  again = ev.evaluate(generator, variables, protocol, reals, floor_clips=others, **kw)
+  assert again["timing"]["real_clips_computed"] == 0 and again["floor"] == floor
+  assert ev.gap_closed(100.0, 40.0, 20.0) == pytest.approx(0.75)
+  assert ev.gap_closed(10.0, 5.0, 20.0) is None  # started below the floor: no gap to close
+  line = ev.describe(dict(result, gap={"initial_step": 0, "initial_fvd": 90.0, "closed": 0.5}))
+  assert f"floor FVD {floor['fvd']:.2f}" in line and "closed 0.50 of the gap" in line
+
+
+def test_gap_is_read_against_step_0_of_the_same_protocol_card(tmp_path):
+  """Evaluator._gap: step 0's result of the protocol (config.eval.at_start) with the same card is
+  the initial FVD; none, or one under another card, gives no gap."""
+  evaluator = ev.Evaluator.__new__(ev.Evaluator)
+  evaluator.out_dir = tmp_path
+  card = protocols.get_protocol("proxy", num_fake=8, num_real=8).card()
+  result = {"protocol": "proxy", "card": card, "fvd": 400.0, "floor": {"fvd": 200.0}}
+  assert evaluator._gap("proxy", result) is None  # no step 0
+  ev.record_result(tmp_path, 0, dict(result, fvd=1000.0))
+  gap = evaluator._gap("proxy", result)
+  assert gap == {"initial_step": 0, "initial_fvd": 1000.0, "floor_fvd": 200.0, "closed": 0.75}
+  other = dict(result, card=protocols.get_protocol("proxy", num_fake=16, num_real=8).card())
+  assert evaluator._gap("proxy", other) is None  # another protocol card: not comparable
+
+
 def test_schedules_parse_protocols_with_their_cadences():
   config = importlib.import_module("configs.smoke").get_config()
   config.eval_every_steps = 4

@@ -96,6 +96,7 @@ def _with_eval(config):
   config.eval_every_steps = 6
   config.eval.at_end = True
   config.eval.num_videos, config.eval.num_repeats, config.eval.batch_size = 8, 1, 8
+  config.eval.floor_split = "train"  # eval_split is "test"
   config.sample_every_steps = NUM_STEPS
   return config
 
@@ -139,6 +140,16 @@ def test_uninterrupted_run_writes_workdir(uninterrupted, data_dir):
     for s in (6, NUM_STEPS)
   }
   assert protocols_at == {6: ["proxy"], NUM_STEPS: ["digan", "proxy"]}
+  # Every result carries its floor: 8 train clips against the protocol's 8 test clips, the same
+  # at every step (cached features).
+  results = [
+    json.loads((workdir / "eval" / f"{s}.json").read_text())["results"] for s in (6, NUM_STEPS)
+  ]
+  floors = [r["proxy"]["floor"] for r in results]
+  assert floors[0]["num_clips"] == 8 and floors[0]["fvd"] > 0 and floors[0] == floors[1]
+  assert "synthetic_videos" in floors[0]["dataset_fingerprint"]
+  assert "/train:" in floors[0]["dataset_fingerprint"]
+  assert results[1]["digan"]["floor"]["num_clips"] == 8
 
   # Training moved both networks away from the seed's initial state.
   from digan_jax import sharding, steps as steps_lib
@@ -189,6 +200,40 @@ def test_sample_mode_renders_what_the_loop_rendered(uninterrupted, data_dir):
   loop_dir = workdir / "samples" / str(NUM_STEPS)
   for name in ("grid.gif", "video_0000.gif", "video_0003.gif"):
     assert (out_dir / name).read_bytes() == (loop_dir / name).read_bytes(), name
+
+
+def test_real_vs_generated_gif_of_the_last_samples(uninterrupted, data_dir, tmp_path):
+  """python -m digan_jax.real_vs_fake: eval-split clips beside the run's last samples."""
+  workdir, _ = uninterrupted
+  out = tmp_path / "real_vs_generated.gif"
+  cmd = [sys.executable, "-m", "digan_jax.real_vs_fake", "--config=configs/smoke.py"]
+  cmd += [f"--config.data.data_dir={data_dir}", f"--workdir={workdir}", f"--output={out}"]
+  proc = subprocess.run(
+    cmd + ["--num_videos=4", "--scale=2"], cwd=REPO, env=_env(), capture_output=True, text=True
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert f"4 real and 4 generated videos, step {NUM_STEPS}" in proc.stdout
+  import imageio.v3 as iio
+
+  frames = iio.imread(out, index=None)[..., :3]
+  loop = iio.imread(workdir / "samples" / str(NUM_STEPS) / "video_0000.gif", index=None)[..., :3]
+  assert frames.shape[0] == loop.shape[0] == 16
+  # The right grid's first video is the loop's first sample, magnified 2x (below the title);
+  # GIF palettes differ, so the pixels agree to a few levels.
+  res = loop.shape[1]
+  grid_width = 2 * (2 * res + 2)  # two videos and their 2-pixel gap, magnified
+  right = frames[:, 22 : 22 + 2 * res, -grid_width:][:, :, : 2 * res]
+  error = np.abs(right[:, ::2, ::2].astype(int) - loop).mean()
+  print(f"generated side vs the loop's sample: mean abs difference {error:.2f} levels")
+  assert error < 6
+  bad = subprocess.run(
+    cmd[:-1] + [f"--output={out}", "--workdir=" + str(tmp_path)],
+    cwd=REPO,
+    env=_env(),
+    capture_output=True,
+    text=True,
+  )
+  assert bad.returncode == 2 and "no samples in" in bad.stderr
 
 
 def test_preempted_run_resumes_to_identical_parameters(uninterrupted, data_dir, tmp_path):

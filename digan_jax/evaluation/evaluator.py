@@ -15,6 +15,7 @@ real clips and the feature cache in real_data.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any, Mapping
@@ -59,27 +60,28 @@ def evaluate(
   i3d_vars=None,
   frames_per_chunk: int | None = 16,
   progress: bool = True,
+  floor_clips=None,
 ) -> dict[str, Any]:
   """FVD and KVD of a generator under a protocol: mean +- population std over its trials.
 
   generator: a Generator or GeneratorConfig; g_ema_vars its (EMA) variables. real_clips: see
-  `real_feature_sets`. Returns the result dict (protocol card, per-trial values, summary, timing)
-  and, with out_path, writes it as JSON (atomically).
+  `real_feature_sets`. floor_clips: real clips disjoint from real_clips (another split), which
+  stand in for the fakes to give the protocol's floor (`floor`). Returns the result dict (protocol
+  card, per-trial values, summary, timing, floor) and, with out_path, writes it as JSON (atomically).
   """
   protocol = protocols.get_protocol(protocol)
   generator = features.as_generator(generator)
   mesh = mesh or sharding.data_parallel_mesh()
   i3d_vars = features.i3d_variables() if i3d_vars is None else i3d_vars
   wall_start = time.perf_counter()
+  feature_kwargs = dict(mesh=mesh, batch_size=batch_size, i3d_vars=i3d_vars)
   real_sets, real_info = real_data.real_feature_sets(
     real_clips,
     protocol,
     dataset_fingerprint=dataset_fingerprint,
     cache_dir=cache_dir,
-    mesh=mesh,
-    batch_size=batch_size,
-    i3d_vars=i3d_vars,
     progress=progress,
+    **feature_kwargs,
   )
   fvds, kvds, fake_seconds = [], [], 0.0
   for trial in range(protocol.num_trials):
@@ -102,6 +104,13 @@ def evaluate(
   fvd_mean, fvd_std = _summary(fvds)
   kvd_mean, kvd_std = _summary(kvds)
   num_real_computed = 0 if real_info.get("cache_hit") else real_sets.shape[0] * real_sets.shape[1]
+  floor_result = None
+  if floor_clips is not None:
+    floor_result, floor_info = floor(
+      real_sets, floor_clips, protocol, cache_dir=cache_dir, progress=progress, **feature_kwargs
+    )
+    if not floor_info.get("cache_hit"):
+      num_real_computed += floor_result["num_clips"] * floor_result["num_sets"]
   device = jax.devices()[0]
   result = {
     "protocol": protocol.name,
@@ -118,6 +127,7 @@ def evaluate(
     "kvd_std": kvd_std,
     "fvd_trials": fvds,
     "kvd_trials": kvds,
+    "floor": floor_result,
     "timing": {
       "wall_s": time.perf_counter() - wall_start,
       "fake_features_s": fake_seconds,
@@ -138,6 +148,66 @@ def evaluate(
   if out_path is not None and jax.process_index() == 0:
     fileio.write_json(out_path, result)
   return result
+
+
+def floor(
+  real_sets, floor_clips, protocol: Protocol, *, cache_dir=None, progress=True, **feature_kwargs
+) -> tuple[dict[str, Any], dict]:
+  """The protocol's floor: FVD/KVD between its real sets and as many clips as it has fakes, drawn
+  from a disjoint real source. A generator that samples the data distribution exactly scores
+  this on average, so FVD differences are read against (initial - floor), not against 0: with
+  a few hundred clips on 400 features the floor is far above 0."""
+  stand_in = dataclasses.replace(protocol, num_real=protocol.num_fake)
+  floor_sets, info = real_data.real_feature_sets(
+    floor_clips, stand_in, cache_dir=cache_dir, progress=progress, **feature_kwargs
+  )
+  values = [
+    fvd_kvd(real_sets[t % len(real_sets)], floor_sets[t % len(floor_sets)], protocol)
+    for t in range(protocol.num_trials)
+  ]
+  fvd_mean, fvd_std = _summary([v[0] for v in values])
+  kvd_mean, kvd_std = _summary([v[1] for v in values])
+  result = {
+    "fvd": fvd_mean,
+    "fvd_std": fvd_std,
+    "kvd": kvd_mean,
+    "kvd_std": kvd_std,
+    "fvd_trials": [v[0] for v in values],
+    "num_clips": protocol.num_fake,
+    "num_sets": len(floor_sets),
+    "source": info.get("selection"),
+    "dataset_fingerprint": info["dataset_fingerprint"],
+  }
+  return result, info
+
+
+def gap_closed(initial_fvd: float, fvd: float, floor_fvd: float) -> float | None:
+  """(initial - fvd) / (initial - floor): the share of the distance to the protocol's floor that
+  training closed (1 = as close as two real sets; None when the initial FVD is at the floor)."""
+  gap = initial_fvd - floor_fvd
+  return None if gap <= 0 else float((initial_fvd - fvd) / gap)
+
+
+def describe(result: Mapping[str, Any]) -> str:
+  """One log line: FVD, KVD, the clip counts, and the floor and gap closed when known."""
+  card = result["card"]
+  text = (
+    f"FVD {result['fvd']:.2f} +- {result['fvd_std']:.2f}, KVD {result['kvd']:.2f} "
+    f"({result['protocol']}, {card['num_fake']} vs {card['num_real']} clips, "
+    f"{card['num_trials']} trial(s))"
+  )
+  if result.get("floor"):
+    text += (
+      f"; floor FVD {result['floor']['fvd']:.2f}, KVD {result['floor']['kvd']:.2f} "
+      "(two disjoint real sets of these sizes)"
+    )
+  gap = result.get("gap")
+  if gap and gap.get("closed") is not None:
+    text += (
+      f"; closed {gap['closed']:.2f} of the gap from step {gap['initial_step']}'s "
+      f"FVD {gap['initial_fvd']:.2f} to the floor"
+    )
+  return text
 
 
 def record_result(out_dir, step: int, result: Mapping[str, Any]) -> epath.Path:
@@ -173,18 +243,24 @@ class Evaluator:
     from digan_jax.models.generator import Generator  # pylint: disable=g-import-not-at-top
 
     self.schedules = schedules(config)
-    try:
-      self.sources = {
+    floor_split = config.eval.get("floor_split", "")
+
+    def sources(split):
+      return {
         s.protocol.name: real_data.clip_source_from_dataset(
           data_dir,
           name,
-          config.data.eval_split,
+          split,
           s.protocol,
           resolution=gcfg.resolution,
           batch_size=config.eval.batch_size,
         )
         for s in self.schedules
       }
+
+    try:
+      self.sources = sources(config.data.eval_split)
+      self.floor_sources = sources(floor_split) if floor_split else {}
     except (ValueError, storage.DatasetNotFoundError, FileNotFoundError) as e:
       raise UserError(f"evaluation: {e}") from e
     self.mesh, self.batch_size = mesh, int(config.eval.batch_size)
@@ -226,13 +302,32 @@ class Evaluator:
         batch_size=self.batch_size,
         cache_dir=self.out_dir / "real_cache",
         progress=False,
+        floor_clips=self.floor_sources.get(protocol.name),
       )
+      if step and result["floor"]:
+        result["gap"] = self._gap(protocol.name, result)
       try:
         record_result(self.out_dir, step, result)
       except OSError as e:  # the FVD still reaches the metrics; a full disk must not end the run
         logging.error("step %d: %s could not be written (%s)", step, self.out_dir, e)
       results[protocol.name] = result
     return results
+
+  def _gap(self, name: str, result) -> dict[str, Any] | None:
+    """The gap closed since step 0's result of the same protocol (config.eval.at_start)."""
+    path = self.out_dir / "0.json"
+    try:
+      initial = fileio.read_json(path)["results"][name] if path.is_file() else None
+    except (OSError, ValueError, KeyError):
+      initial = None
+    if initial is None or initial["card"] != result["card"]:
+      return None
+    return {
+      "initial_step": 0,
+      "initial_fvd": initial["fvd"],
+      "floor_fvd": result["floor"]["fvd"],
+      "closed": gap_closed(initial["fvd"], result["fvd"], result["floor"]["fvd"]),
+    }
 
 
 def run_eval_mode(config, workdir) -> dict[str, dict]:
@@ -254,16 +349,5 @@ def run_eval_mode(config, workdir) -> dict[str, dict]:
   mesh = sharding.make_mesh(config.mesh)
   results = Evaluator(config, workdir, data_dir, name, mesh, gcfg)(g_ema, step)
   for result in results.values():
-    card = result["card"]
-    logging.info(
-      "step %d: FVD %.2f +- %.2f, KVD %.2f (%s, %d vs %d clips, %d trials)",
-      step,
-      result["fvd"],
-      result["fvd_std"],
-      result["kvd"],
-      result["protocol"],
-      card["num_fake"],
-      card["num_real"],
-      card["num_trials"],
-    )
+    logging.info("step %d: %s", step, describe(result))
   return results

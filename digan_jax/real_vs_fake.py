@@ -1,0 +1,111 @@
+"""Real clips beside a run's generated samples, as one GIF (what a reader compares first).
+
+  python -m digan_jax.real_vs_fake --config=configs/synthetic.py --workdir=workdirs/demo \
+      --output=docs/demo_real_vs_generated.gif [--step=-1] [--num_videos=8] [--scale=3]
+
+Left: clips of the config's evaluation split (seeded windows, as FVD draws them); right: the
+videos the run wrote to WORKDIR/samples/<step>/ (the latest step by default).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+from PIL import Image, ImageDraw, ImageFont
+
+from digan_jax import fileio, sampling
+from digan_jax.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "the run's config file", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "the run's workdir")
+_OUTPUT = flags.DEFINE_string("output", None, "GIF to write")
+_STEP = flags.DEFINE_integer("step", -1, "samples/<step> to show (-1: the latest)")
+_NUM = flags.DEFINE_integer("num_videos", 8, "videos per side")
+_COLUMNS = flags.DEFINE_integer("columns", 2, "videos per row on each side")
+_SCALE = flags.DEFINE_integer("scale", 3, "nearest-neighbour magnification")
+_SEED = flags.DEFINE_integer("seed", 0, "seed of the real clip draw")
+
+
+def generated_videos(workdir, step: int, num_videos: int) -> tuple[int, np.ndarray]:
+  """(step, uint8 [N, T, H, W, 3]) from WORKDIR/samples/<step>/video_*.gif."""
+  import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
+
+  root = fileio.as_path(workdir) / "samples"
+  steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
+  if step < 0:
+    if not steps:
+      raise UserError(f"no samples in {root}; train with config.sample_every_steps > 0 first")
+    step = steps[-1]
+  files = sorted((root / str(step)).glob("video_*.gif"))[:num_videos]
+  if not files:
+    raise UserError(f"no samples/{step}/video_*.gif in {workdir}; steps with samples: {steps}")
+  return step, np.stack([iio.imread(f, index=None)[..., :3] for f in files])
+
+
+def real_clips(config, workdir, num_videos: int, num_frames: int, resolution: int, seed: int):
+  """uint8 [N, T, H, W, 3]: seeded clips of config.data.eval_split at the samples' size."""
+  from digan_jax.data import pipeline, resolve  # pylint: disable=g-import-not-at-top
+
+  data_dir, name = resolve.resolve_dataset(config, fileio.as_path(workdir))
+  batches = pipeline.make_eval_iterator(
+    data_dir,
+    name,
+    config.data.eval_split,
+    num_videos,
+    num_frames=num_frames,
+    resolution=resolution,
+    seed=seed,
+    num_clips=num_videos,
+    dtype="uint8",
+  )
+  return np.concatenate([b["video"][b["valid"]] for b in batches])[:num_videos]
+
+
+def side_by_side(
+  real: np.ndarray, fake: np.ndarray, columns: int, scale: int, titles
+) -> np.ndarray:
+  """[T, H', W', 3]: the two grids (`sampling.video_grid`) magnified, a title above each."""
+  grids = [sampling.video_grid(v, columns) for v in (real, fake)]
+  grids = [g.repeat(scale, axis=1).repeat(scale, axis=2) for g in grids]
+  t, h, w, _ = grids[0].shape
+  gap, head = 12, 22
+  out = np.full((t, h + head, 2 * w + gap, 3), 255, np.uint8)
+  out[:, head:, :w] = grids[0]
+  out[:, head:, w + gap :] = grids[1]
+  banner = Image.new("RGB", (out.shape[2], head), "white")
+  draw = ImageDraw.Draw(banner)
+  font = ImageFont.load_default()
+  for i, title in enumerate(titles):
+    draw.text((i * (w + gap) + w / 2, head / 2), title, fill="black", font=font, anchor="mm")
+  out[:, :head] = np.asarray(banner)[None]
+  return out
+
+
+def main(argv) -> None:
+  del argv
+  if not (_CONFIG.value and _WORKDIR.value and _OUTPUT.value):
+    raise app.UsageError("--config, --workdir and --output are required")
+  try:
+    step, fake = generated_videos(_WORKDIR.value, _STEP.value, _NUM.value)
+    real = real_clips(
+      _CONFIG.value, _WORKDIR.value, len(fake), fake.shape[1], fake.shape[2], _SEED.value
+    )
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  frames = side_by_side(
+    real,
+    fake,
+    _COLUMNS.value,
+    _SCALE.value,
+    (f"real ({_CONFIG.value.data.eval_split} split)", f"generated (step {step})"),
+  )
+  sampling.write_video(_OUTPUT.value, frames, fps=_CONFIG.value.sample.fps)
+  print(f"wrote {_OUTPUT.value}: {len(real)} real and {len(fake)} generated videos, step {step}")
+
+
+if __name__ == "__main__":
+  app.run(main)
