@@ -3,6 +3,8 @@ official optimiser step (non-finite gradients sanitised, then Adam)."""
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -27,8 +29,36 @@ def adam_hparams(train_config) -> dict[str, dict[str, float]]:
 
 
 def make_optimizers(train_config) -> dict[str, optax.GradientTransformation]:
-  """{'g': Adam of G, 'd': Adam of the discriminator pair} (one D state for Dmain and Dreg)."""
-  return {name: optax.adam(**hp) for name, hp in adam_hparams(train_config).items()}
+  """{'g': Adam of G, 'd': Adam of the discriminator pair} (one D state for Dmain and Dreg).
+
+  With train_config.freeze (a regex), the parameters whose name matches keep their values:
+  Adam's update is zeroed for them (ablations, fine-tuning part of a network).
+  """
+  pattern = train_config.get("freeze", "")
+  out = {}
+  for name, hp in adam_hparams(train_config).items():
+    tx = optax.adam(**hp)
+    if pattern:
+      mask = lambda params, name=name: frozen_mask(pattern, name, params)
+      tx = optax.chain(tx, optax.masked(optax.set_to_zero(), mask))
+    out[name] = tx
+  return out
+
+
+def param_names(network: str, params) -> list[str]:
+  """'g/synthesis/b4_coord_fuser/affine/weight'-style names of a parameter tree's leaves."""
+  paths = jax.tree_util.tree_flatten_with_path(params)[0]
+  return [
+    "/".join([network] + [str(getattr(k, "key", getattr(k, "idx", k))) for k in path])
+    for path, _ in paths
+  ]
+
+
+def frozen_mask(pattern: str, network: str, params):
+  """A tree of bools like `params`: True where the leaf's name (`param_names`) matches."""
+  regex = re.compile(pattern)
+  flags = [bool(regex.search(n)) for n in param_names(network, params)]
+  return jax.tree.unflatten(jax.tree.structure(params), flags)
 
 
 def sanitize_grads(grads):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+import re
 from typing import Any, Callable
 
 import flax
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from digan_jax import losses, optim, phases, sharding
+from digan_jax.errors import ConfigError
 from digan_jax.models import factory
 from digan_jax.phases import PhaseResult, StepConfig
 
@@ -55,6 +57,20 @@ class Phase:
   inputs: Callable[..., dict[str, Any]]
   grads: Callable[..., PhaseResult]
   metrics: Callable[[PhaseResult], dict[str, jax.Array]]
+
+
+def _frozen_names(pattern: str, shapes) -> list[str]:
+  """The parameters `train.freeze` keeps; a pattern that matches none is a config error."""
+  if not pattern:
+    return []
+  names = optim.param_names("g", shapes.g_params) + optim.param_names("d", shapes.d_params)
+  frozen = [n for n in names if re.search(pattern, n)]
+  if not frozen:
+    raise ConfigError(
+      f"train.freeze={pattern!r} matches no parameter; names look like {names[0]!r} "
+      f"or {names[-1]!r} (optim.param_names lists them)"
+    )
+  return frozen
 
 
 class DiganSteps(phases.PhaseFunctions):
@@ -88,6 +104,7 @@ class DiganSteps(phases.PhaseFunctions):
     # "skip": an iteration whose losses or new state are non-finite is not applied (train/skipped).
     self.skip_nonfinite = config.train.get("nonfinite_policy", "stop") == "skip"
     shapes = jax.eval_shape(self.init, jax.random.PRNGKey(0))
+    self.frozen = _frozen_names(config.train.get("freeze", ""), shapes)
     self.state_shardings = sharding.state_shardings(shapes, mesh)
     # Shapes, dtypes and shardings of the train state: a restore target, an AOT-compile input.
     self.abstract_state = jax.tree.map(

@@ -288,6 +288,25 @@ MUTATIONS = (
     '    done = workdir / "samples" / str(start)\n',
     ("tests/test_faults.py::test_stop_after_the_last_checkpoint_still_gets_its_samples_and_fvd",),
   ),
+  Mutation(
+    "floor_self",
+    "the FVD floor compares the reals with themselves, not with the disjoint split",
+    "digan_jax/evaluation/evaluator.py",
+    "fvd_kvd(real_sets[t % len(real_sets)], floor_sets[t % len(floor_sets)], protocol)",
+    "fvd_kvd(real_sets[t % len(real_sets)], real_sets[t % len(real_sets)], protocol)",
+    (
+      "tests/test_evaluator.py::"
+      "test_floor_is_fvd_of_disjoint_real_sets_and_the_gap_is_read_against_it",
+    ),
+  ),
+  Mutation(
+    "freeze_ignored",
+    "train.freeze zeroes no update (the motion-path control trains its motion path)",
+    "digan_jax/optim.py",
+    "flags = [bool(regex.search(n)) for n in param_names(network, params)]",
+    "flags = [False for n in param_names(network, params)]",
+    ("tests/test_motion.py::test_freeze_keeps_the_motion_path_and_names_it",),
+  ),
 )
 
 
