@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from digan_jax import checkpointing, config_checks, fileio, sampling, sharding
+from digan_jax import checkpointing, config_checks, fileio, run_clock, sampling, sharding
 from digan_jax.data import resolve
 from digan_jax.errors import NonFiniteLossError, UserError
 from digan_jax.evaluation import evaluator as evaluator_lib
@@ -278,8 +278,11 @@ def train_and_evaluate(config, workdir) -> dict:
     if evaluator_lib.enabled(config)
     else None
   )
+  clock = run_clock.RunClock(
+    num_steps, config.sample_every_steps, evaluator.schedules if evaluator else ()
+  )
   if evaluator is not None and start == 0:
-    _evaluate_and_record(evaluator, evaluator.due(0, start=True), ckpts, writer, 0, state)
+    _evaluate_and_record(evaluator, evaluator.due(0, start=True), ckpts, writer, 0, state, clock)
   final_metrics: dict[str, float] = {}
   if start > 0:  # what a stop right after the checkpoint of `start` left undone
     done = workdir / "samples" / str(start) / "sampling.json"  # written last by sample_to_dir
@@ -287,7 +290,7 @@ def train_and_evaluate(config, workdir) -> dict:
       _write_samples_logged(config, workdir, state, start, writer)
     if evaluator is not None:
       due = evaluator.missing(start, end=start == num_steps)
-      final_metrics.update(_evaluate_and_record(evaluator, due, ckpts, writer, start, state))
+      final_metrics.update(_evaluate_and_record(evaluator, due, ckpts, writer, start, state, clock))
   preempt = PreemptionFlag(config.log_every_steps)
   step = start
   t_log, n_log = time.perf_counter(), 0
@@ -317,6 +320,8 @@ def train_and_evaluate(config, workdir) -> dict:
         final_metrics["perf/videos_per_sec"] = n_log * config.train.global_batch_size / dt
         final_metrics["progress/kimg"] = step * config.train.global_batch_size / 1000
         writer.write_scalars(step, final_metrics)
+        if jax.process_index() == 0:
+          logging.info("%s", clock.describe(step, final_metrics["perf/steps_per_sec"]))
         t_log, n_log = time.perf_counter(), 0
       if preempt.should_stop(step):
         saved = _save_if_finite(ckpts, step, state, guard)
@@ -329,10 +334,12 @@ def train_and_evaluate(config, workdir) -> dict:
       if step % config.checkpoint_every_steps == 0 or step == num_steps:
         _save_if_finite(ckpts, step, state, guard)
       if _samples_due(config, step, num_steps):
-        _write_samples_logged(config, workdir, state, step, writer)
+        clock.timed("samples", _write_samples_logged, config, workdir, state, step, writer)
       if evaluator is not None:
         due = evaluator.due(step, end=step == num_steps)
-        final_metrics.update(_evaluate_and_record(evaluator, due, ckpts, writer, step, state))
+        final_metrics.update(
+          _evaluate_and_record(evaluator, due, ckpts, writer, step, state, clock)
+        )
     ckpts.finish()  # raises when the last save failed, naming the newest intact checkpoint
   finally:
     ckpts.close()
@@ -367,16 +374,18 @@ def _save_if_finite(ckpts, step: int, state, guard) -> bool:
   return True
 
 
-def _evaluate_and_record(evaluator, due, ckpts, writer, step, state) -> dict:
+def _evaluate_and_record(evaluator, due, ckpts, writer, step, state, clock=None) -> dict:
   """FVD/KVD of the due protocols as scalars: eval/fvd for the primary protocol (which also keeps
   the best checkpoint), eval/<protocol>/fvd for the others."""
   if not due:
     return {}
   scalars = {}
   for name, result in evaluator(state.g_ema, step, due).items():
+    if clock is not None:  # later evaluations reuse the cached real features: fakes only
+      clock.record(name, result["timing"]["fake_features_s"])
     prefix = "eval" if name == evaluator.primary else f"eval/{name}"
     scalars.update({f"{prefix}/fvd": result["fvd"], f"{prefix}/kvd": result["kvd"]})
-    logging.info("step %d: FVD %.2f (%s)", step, result["fvd"], name)
+    logging.info("step %d: %s", step, evaluator_lib.describe(result))
     if name == evaluator.primary:
       ckpts.save_if_best(step, state, result["fvd"])
   writer.write_scalars(step, scalars)
