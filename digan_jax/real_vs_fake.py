@@ -42,7 +42,9 @@ def generated_videos(workdir, step: int, num_videos: int) -> tuple[int, np.ndarr
   files = sorted((root / str(step)).glob("video_*.gif"))[:num_videos]
   if not files:
     raise UserError(f"no samples/{step}/video_*.gif in {workdir}; steps with samples: {steps}")
-  return step, np.stack([iio.imread(f, index=None)[..., :3] for f in files])
+  # Bytes, not paths: imageio takes no epath (gs://) objects.
+  read = lambda f: iio.imread(f.read_bytes(), index=None, extension=".gif")[..., :3]
+  return step, np.stack([read(f) for f in files])
 
 
 def real_clips(config, workdir, num_videos: int, num_frames: int, resolution: int, seed: int):
