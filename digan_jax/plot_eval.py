@@ -1,6 +1,6 @@
 """A run's FVD/KVD curve as a PNG (and a Markdown table), from its WORKDIR/eval/<step>.json files.
 
-  python -m digan_jax.plot_eval WORKDIR --output=docs/curve.png [--protocol=proxy]
+  python -m digan_jax.plot_eval --workdir=WORKDIR --output=docs/curve.png [--protocol=proxy]
 
 One panel per metric against training steps, with the protocol's floor (two disjoint real sets of
 the same sizes, `config.eval.floor_split`) as a dashed line where the results carry it. Drawn with
@@ -13,15 +13,11 @@ import math
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from PIL import Image, ImageDraw, ImageFont
 
-from digan_jax import fileio
+from digan_jax import cli_flags, fileio
 from digan_jax.errors import UserError
-
-_OUTPUT = flags.DEFINE_string("output", None, "PNG to write (local or gs://)")
-_PROTOCOL = flags.DEFINE_string("protocol", None, "protocol to plot (default: the first found)")
-_TITLE = flags.DEFINE_string("title", "", "title above the panels")
 
 _SIZE = (520, 360)  # one panel
 _MARGIN = dict(left=78, right=18, top=36, bottom=52)
@@ -140,18 +136,36 @@ def markdown_table(curve: dict) -> str:
   return "\n".join(lines)
 
 
-def main(argv) -> None:
-  if len(argv) != 2 or not _OUTPUT.value:
-    raise app.UsageError("usage: python -m digan_jax.plot_eval WORKDIR --output=FILE.png")
+def _define_flags(fv: flags.FlagValues) -> flags.FlagValues:
+  flags.DEFINE_string(
+    "workdir", None, "the run's workdir (reads WORKDIR/eval/*.json)", flag_values=fv
+  )
+  flags.DEFINE_string("output", None, "PNG to write (local or gs://)", flag_values=fv)
+  flags.DEFINE_string(
+    "protocol", None, "protocol to plot (default: the first found)", flag_values=fv
+  )
+  flags.DEFINE_string("title", "", "title above the panels", flag_values=fv)
+  flags.mark_flags_as_required(["workdir", "output"], flag_values=fv)
+  return fv
+
+
+def main(argv, fv: flags.FlagValues = flags.FLAGS) -> int:
+  cli_flags.reject_positional(argv)
   try:
-    curve = read_curve(argv[1], _PROTOCOL.value)
+    curve = read_curve(fv.workdir, fv.protocol)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  plot(curve, _OUTPUT.value, _TITLE.value)
+    return 2
+  plot(curve, fv.output, fv.title)
   print(markdown_table(curve))
-  print(f"wrote {_OUTPUT.value}")
+  print(f"wrote {fv.output}")
+  return 0
+
+
+def run(argv) -> int:
+  """The tool in this process (program name first in argv); returns the exit code."""
+  return cli_flags.run_in_process(_define_flags, main, argv)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli_flags.run_as_program(_define_flags, main)

@@ -12,21 +12,12 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 from PIL import Image, ImageDraw, ImageFont
 
-from digan_jax import fileio, sampling
+from digan_jax import cli_flags, fileio, sampling
 from digan_jax.errors import UserError
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "the run's config file", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "the run's workdir")
-_OUTPUT = flags.DEFINE_string("output", None, "GIF to write")
-_STEP = flags.DEFINE_integer("step", -1, "samples/<step> to show (-1: the latest)")
-_NUM = flags.DEFINE_integer("num_videos", 8, "videos per side")
-_COLUMNS = flags.DEFINE_integer("columns", 2, "videos per row on each side")
-_SCALE = flags.DEFINE_integer("scale", 3, "nearest-neighbour magnification")
-_SEED = flags.DEFINE_integer("seed", 0, "seed of the real clip draw")
 
 
 def generated_videos(workdir, step: int, num_videos: int) -> tuple[int, np.ndarray]:
@@ -86,28 +77,39 @@ def side_by_side(
   return out
 
 
-def main(argv) -> None:
-  del argv
-  if not (_CONFIG.value and _WORKDIR.value and _OUTPUT.value):
-    raise app.UsageError("--config, --workdir and --output are required")
+def _define_flags(fv: flags.FlagValues) -> flags.FlagValues:
+  config_flags.DEFINE_config_file("config", None, "the run's config file", flag_values=fv)
+  flags.DEFINE_string("workdir", None, "the run's workdir", flag_values=fv)
+  flags.DEFINE_string("output", None, "GIF to write", flag_values=fv)
+  flags.DEFINE_integer("step", -1, "samples/<step> to show (-1: the latest)", flag_values=fv)
+  flags.DEFINE_integer("num_videos", 8, "videos per side", flag_values=fv)
+  flags.DEFINE_integer("columns", 2, "videos per row on each side", flag_values=fv)
+  flags.DEFINE_integer("scale", 3, "nearest-neighbour magnification", flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "seed of the real clip draw", flag_values=fv)
+  flags.mark_flags_as_required(["config", "workdir", "output"], flag_values=fv)
+  return fv
+
+
+def main(argv, fv: flags.FlagValues = flags.FLAGS) -> int:
+  cli_flags.reject_positional(argv)
+  config = fv.config
   try:
-    step, fake = generated_videos(_WORKDIR.value, _STEP.value, _NUM.value)
-    real = real_clips(
-      _CONFIG.value, _WORKDIR.value, len(fake), fake.shape[1], fake.shape[2], _SEED.value
-    )
+    step, fake = generated_videos(fv.workdir, fv.step, fv.num_videos)
+    real = real_clips(config, fv.workdir, len(fake), fake.shape[1], fake.shape[2], fv.seed)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  frames = side_by_side(
-    real,
-    fake,
-    _COLUMNS.value,
-    _SCALE.value,
-    (f"real ({_CONFIG.value.data.eval_split} split)", f"generated (step {step})"),
-  )
-  sampling.write_video(_OUTPUT.value, frames, fps=_CONFIG.value.sample.fps)
-  print(f"wrote {_OUTPUT.value}: {len(real)} real and {len(fake)} generated videos, step {step}")
+    return 2
+  titles = (f"real ({config.data.eval_split} split)", f"generated (step {step})")
+  frames = side_by_side(real, fake, fv.columns, fv.scale, titles)
+  sampling.write_video(fv.output, frames, fps=config.sample.fps)
+  print(f"wrote {fv.output}: {len(real)} real and {len(fake)} generated videos, step {step}")
+  return 0
+
+
+def run(argv) -> int:
+  """The tool in this process (program name first in argv); returns the exit code."""
+  return cli_flags.run_in_process(_define_flags, main, argv)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli_flags.run_as_program(_define_flags, main)

@@ -396,10 +396,10 @@ def test_cli_modules_register_no_global_flags():
   several in one process cannot collide (prepare, sampling and import_official all have --output)."""
   from absl import flags
 
-  from digan_jax import import_official, sampling
+  from digan_jax import import_official, plot_eval, real_vs_fake, sampling
   from digan_jax.evaluation import classify
 
-  for module in (prepare, sampling, import_official, classify):
+  for module in (prepare, sampling, import_official, classify, plot_eval, real_vs_fake):
     names = set(module._define_flags(flags.FlagValues()))
     assert names and not names & set(flags.FLAGS), (module.__name__, names & set(flags.FLAGS))
 

@@ -39,7 +39,7 @@ def test_curve_png_and_table(tmp_path):
   assert np.all(curve["floor_fvd"] == 300.0)
   out = tmp_path / "curve.png"
   proc = subprocess.run(
-    [sys.executable, "-m", "digan_jax.plot_eval", str(tmp_path), f"--output={out}"],
+    [sys.executable, "-m", "digan_jax.plot_eval", f"--workdir={tmp_path}", f"--output={out}"],
     capture_output=True,
     text=True,
     check=True,
