@@ -17,6 +17,7 @@ from absl import flags
 from PIL import Image, ImageDraw, ImageFont
 
 from digan_jax import cli_flags, fileio
+from digan_jax.data import image_ops
 from digan_jax.errors import UserError
 
 _SIZE = (520, 360)  # one panel
@@ -115,15 +116,7 @@ def plot(curve: dict, path, title: str = "") -> None:
     out.paste(p, (i * _SIZE[0], head))
   if title:
     ImageDraw.Draw(out).text((out.width / 2, 6), title, fill="black", font=_font(16), anchor="ma")
-  fileio.write_bytes(path, _png_bytes(out))
-
-
-def _png_bytes(img: Image.Image) -> bytes:
-  import io  # pylint: disable=g-import-not-at-top
-
-  buf = io.BytesIO()
-  img.save(buf, format="PNG", optimize=True)
-  return buf.getvalue()
+  fileio.write_bytes(path, image_ops.encode_image(np.asarray(out), "png"))
 
 
 def markdown_table(curve: dict) -> str:
