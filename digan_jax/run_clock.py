@@ -52,7 +52,15 @@ class RunClock:
       sample_sets=sample_sets,
     )
 
-  def describe(self, step: int, steps_per_sec: float) -> str:
+  def describe(self, step: int, steps_per_sec: float, compiling: bool = False) -> str:
+    """The log line; `compiling`: the interval included the step's compilation, so its rate says
+    nothing of the steps left (at the start a 500-step CPU demo read "21 min left", then 4)."""
+    if compiling:
+      return (
+        f"step {step}/{self.num_steps}: the first steps of this start ran at "
+        f"{steps_per_sec:.2f} steps/s including compilation; the time left is estimated from "
+        "the next log interval"
+      )
     r = self.remaining(step, steps_per_sec)
     parts = [f"training {_minutes(r['train_s'])} at {steps_per_sec:.2f} steps/s"]
     untimed = [s.protocol.name for s in self.schedules if s.protocol.name not in self.seconds]

@@ -293,7 +293,7 @@ def train_and_evaluate(config, workdir) -> dict:
       final_metrics.update(_evaluate_and_record(evaluator, due, ckpts, writer, start, state, clock))
   preempt = PreemptionFlag(config.log_every_steps)
   step = start
-  t_log, n_log = time.perf_counter(), 0
+  t_log, n_log, first_interval = time.perf_counter(), 0, True
   skipped, skipped_total = 0, 0  # iterations skipped (policy "skip"): this interval, this start
   try:
     while step < num_steps:
@@ -321,8 +321,9 @@ def train_and_evaluate(config, workdir) -> dict:
         final_metrics["progress/kimg"] = step * config.train.global_batch_size / 1000
         writer.write_scalars(step, final_metrics)
         if jax.process_index() == 0:
-          logging.info("%s", clock.describe(step, final_metrics["perf/steps_per_sec"]))
-        t_log, n_log = time.perf_counter(), 0
+          rate = final_metrics["perf/steps_per_sec"]
+          logging.info("%s", clock.describe(step, rate, compiling=first_interval))
+        t_log, n_log, first_interval = time.perf_counter(), 0, False
       if preempt.should_stop(step):
         saved = _save_if_finite(ckpts, step, state, guard)
         logging.warning(
