@@ -104,6 +104,77 @@ def sample_times(num_frames: int, t_start: float = 0.0, t_end: float = 1.0) -> n
   return np.linspace(t_start, t_end, num_frames, dtype=np.float32)
 
 
+def class_labels(labels, num_videos: int, c_dim: int):
+  """One-hot labels [N, c_dim] (or None) for `labels`: None or "" (a conditional generator cycles
+  through its classes), one class id for every video, or one id per video ("0,3,1", or a list)."""
+  if labels is None or (isinstance(labels, str) and not labels.strip()):
+    return jax.nn.one_hot(jnp.arange(num_videos) % c_dim, c_dim) if c_dim else None
+  if not c_dim:
+    raise ValueError(
+      "--labels was given, but this checkpoint's generator is unconditional (c_dim=0): drop "
+      "--labels, or sample from a class-conditional checkpoint"
+    )
+  if isinstance(labels, str):
+    parts = labels.split(",")
+  else:
+    parts = [labels] if np.ndim(labels) == 0 else list(labels)
+  try:
+    ids = [int(x) for x in parts]
+  except (TypeError, ValueError):
+    raise ValueError(
+      f"--labels={labels!r}: expected a class id or a comma-separated list of them"
+    ) from None
+  if len(ids) == 1:
+    ids *= num_videos
+  if len(ids) != num_videos:
+    raise ValueError(
+      f"--labels names {len(ids)} classes for {num_videos} videos: give one class for all, or "
+      "one per video"
+    )
+  bad = sorted({i for i in ids if not 0 <= i < c_dim})
+  if bad:
+    raise ValueError(f"class id(s) {bad} out of range: this generator has classes 0..{c_dim - 1}")
+  return jax.nn.one_hot(jnp.asarray(ids), c_dim)
+
+
+def grid_for(scale: int = 1, zoom: float = 1.0) -> CoordGrid:
+  """The coordinate grid of a super-resolution factor and a zoom-out factor."""
+  return CoordGrid.zoom_out(zoom, scale) if zoom != 1.0 else CoordGrid.super_resolution(scale)
+
+
+def render_batches(
+  gcfg,
+  variables,
+  z_content,
+  z_motion,
+  times,
+  *,
+  labels=None,
+  grid=CoordGrid(),
+  batch_size=4,
+  frames_per_chunk=16,
+  truncation_psi=1.0,
+) -> np.ndarray:
+  """uint8 videos [N, T, H, W, 3], rendered `batch_size` videos per jitted call."""
+  fn = jax.jit(
+    functools.partial(
+      render,
+      Generator(gcfg),
+      grid=grid,
+      frames_per_chunk=frames_per_chunk,
+      truncation_psi=truncation_psi,
+    )
+  )
+  videos = []
+  for i in range(0, z_content.shape[0], batch_size):
+    sl = slice(i, min(i + batch_size, z_content.shape[0]))
+    frames = fn(
+      variables, z_content[sl], z_motion[sl], times, None if labels is None else labels[sl]
+    )
+    videos.append(quantize.to_uint8(np.asarray(frames), "rint"))
+  return np.concatenate(videos)
+
+
 def sample_to_dir(
   gcfg,
   variables,
@@ -120,27 +191,29 @@ def sample_to_dir(
   fps=8,
   batch_size=4,
   labels=None,
+  truncation_psi=1.0,
   frames_per_chunk=16,
   formats=("mp4", "gif"),
 ) -> dict:
-  """Render videos from seeds and write one file per video per format plus a grid."""
-  generator = Generator(gcfg)
-  grid = CoordGrid.zoom_out(zoom, scale) if zoom != 1.0 else CoordGrid.super_resolution(scale)
+  """Render videos from seeds and write one file per video per format plus a grid.
+
+  `labels`: class ids (see class_labels); `truncation_psi` < 1 pulls w towards the generator's
+  running mean w_avg (StyleGAN's truncation trick).
+  """
   motion_seed = seed + 1 if motion_seed < 0 else motion_seed
-  z_content = latents(seed, num_videos, gcfg.z_dim)
-  z_motion = latents(motion_seed, num_videos, gcfg.motion_dim)
-  if gcfg.c_dim and labels is None:
-    labels = jax.nn.one_hot(jnp.arange(num_videos) % gcfg.c_dim, gcfg.c_dim)
-  times = sample_times(num_frames, t_start, t_end)
-  fn = jax.jit(functools.partial(render, generator, grid=grid, frames_per_chunk=frames_per_chunk))
-  videos = []
-  for i in range(0, num_videos, batch_size):
-    sl = slice(i, min(i + batch_size, num_videos))
-    frames = fn(
-      variables, z_content[sl], z_motion[sl], times, None if labels is None else labels[sl]
-    )
-    videos.append(quantize.to_uint8(np.asarray(frames), "rint"))
-  videos = np.concatenate(videos)
+  onehot = class_labels(labels, num_videos, gcfg.c_dim)
+  videos = render_batches(
+    gcfg,
+    variables,
+    latents(seed, num_videos, gcfg.z_dim),
+    latents(motion_seed, num_videos, gcfg.motion_dim),
+    sample_times(num_frames, t_start, t_end),
+    labels=onehot,
+    grid=grid_for(scale, zoom),
+    batch_size=batch_size,
+    frames_per_chunk=frames_per_chunk,
+    truncation_psi=truncation_psi,
+  )
   output_dir = fileio.as_path(output_dir)
   for i, v in enumerate(videos):
     for fmt in formats:
@@ -156,6 +229,8 @@ def sample_to_dir(
     motion_seed=motion_seed,
     scale=scale,
     zoom=zoom,
+    truncation_psi=truncation_psi,
+    labels=None if onehot is None else np.argmax(onehot, -1).tolist(),
     frame_size=list(videos.shape[2:4]),
   )
   fileio.write_json(output_dir / "sampling.json", card)
@@ -219,6 +294,23 @@ def _define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_integer("fps", 8, "frame rate of the written videos", flag_values=fv)
   flags.DEFINE_integer("batch_size", 4, "videos rendered per call", flag_values=fv)
   flags.DEFINE_integer("frames_per_chunk", 16, "frames rendered per call", flag_values=fv)
+  flags.DEFINE_string(
+    "labels",
+    None,
+    "class-conditional checkpoints: one class id for all videos, or one per video (0,3,1,...); "
+    "default: video index mod the number of classes",
+    flag_values=fv,
+  )
+  flags.DEFINE_float(
+    "truncation", 1.0, "truncation psi: w = w_avg + psi (w - w_avg); 1 = none", flag_values=fv
+  )
+  flags.DEFINE_integer(
+    "diverse_motion",
+    0,
+    "N > 0: one content latent (video 0 of --seed) with N motion latents of --motion_seed, written "
+    "as the paper's Fig. 6 layout with a pixel-difference row (diverse_motion.png/.gif/.json)",
+    flag_values=fv,
+  )
   flags.mark_flags_as_required(["checkpoint", "output"], flag_values=fv)
   return fv
 
@@ -231,23 +323,29 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
     gcfg, g_ema, step = checkpointing.restore_generator(fv.checkpoint, fv.step)
   except FileNotFoundError as e:
     sys.exit(f"error: {e}")
+  common = dict(
+    num_frames=fv.num_frames,
+    t_start=fv.t_start,
+    t_end=fv.t_end,
+    seed=fv.seed,
+    motion_seed=fv.motion_seed,
+    scale=fv.scale,
+    zoom=fv.zoom,
+    fps=fv.fps,
+    batch_size=fv.batch_size,
+    labels=fv.labels,
+    truncation_psi=fv.truncation,
+    frames_per_chunk=fv.frames_per_chunk,
+  )
   try:
-    card = sample_to_dir(
-      gcfg,
-      g_ema,
-      fv.output,
-      num_videos=fv.num_videos,
-      num_frames=fv.num_frames,
-      t_start=fv.t_start,
-      t_end=fv.t_end,
-      seed=fv.seed,
-      motion_seed=fv.motion_seed,
-      scale=fv.scale,
-      zoom=fv.zoom,
-      fps=fv.fps,
-      batch_size=fv.batch_size,
-      frames_per_chunk=fv.frames_per_chunk,
-    )
+    if fv.diverse_motion < 0:
+      raise ValueError("--diverse_motion must be >= 0 (the number of motion latents)")
+    if fv.diverse_motion:
+      from digan_jax import diverse_motion  # pylint: disable=g-import-not-at-top
+
+      card = diverse_motion.write(gcfg, g_ema, fv.output, num_motions=fv.diverse_motion, **common)
+    else:
+      card = sample_to_dir(gcfg, g_ema, fv.output, num_videos=fv.num_videos, **common)
   except ValueError as e:
     sys.exit(f"error: {e}")
   card.pop("videos")

@@ -2,6 +2,7 @@
 
 import json
 
+import imageio.v3 as iio
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,3 +121,100 @@ def test_sampling_cli_missing_checkpoint(tmp_path):
     sampling.run(
       ["sampling", "--checkpoint", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]
     )
+
+
+def _tiny_checkpoint(path, c_dim=0):
+  """A checkpoint of an initialised tiny generator (its EMA copy is what the CLI renders)."""
+  import dataclasses
+
+  from digan_jax import checkpointing
+
+  gcfg = dataclasses.replace(TINY, c_dim=c_dim)
+  g = Generator(gcfg)
+  z = sampling.latents(0, 2, gcfg.z_dim)
+  labels = jax.nn.one_hot(jnp.arange(2) % c_dim, c_dim) if c_dim else None
+  variables = g.init(jax.random.key(0), z, z, jnp.zeros((1,)), labels)
+  # A w_avg away from 0, as after training, so that truncation has something to pull towards.
+  variables = jax.tree_util.tree_map_with_path(
+    lambda p, x: x + 0.5 if "w_avg" in jax.tree_util.keystr(p) else x, variables
+  )
+  checkpointing.save_networks(path, 0, g=variables, g_ema=variables, d=None, gcfg=gcfg, dcfg=None)
+  return path
+
+
+def _cli(ckpt, out, *extra):
+  args = ["sampling", f"--checkpoint={ckpt}", f"--output={out}", "--num_frames=3"]
+  sampling.run([*args, "--batch_size=2", "--num_videos=2", *extra])
+  return json.loads((out / "sampling.json").read_text())
+
+
+def _videos(ckpt, tmp_path, **kw):
+  """Videos as rendered (the written GIFs are palette-quantised per file)."""
+  from digan_jax import checkpointing
+
+  gcfg, g_ema, _ = checkpointing.restore_generator(ckpt)
+  kw = dict(num_videos=2, num_frames=3, batch_size=2, formats=("gif",), **kw)
+  return sampling.sample_to_dir(gcfg, g_ema, tmp_path / "api", **kw)["videos"]
+
+
+def test_labels_select_classes_and_an_unconditional_model_refuses_them(tmp_path):
+  cond = _tiny_checkpoint(tmp_path / "cond", c_dim=3)
+  assert _cli(cond, tmp_path / "default")["labels"] == [0, 1]  # video i is class i mod 3
+  assert _cli(cond, tmp_path / "all2", "--labels=2")["labels"] == [2, 2]
+  assert _cli(cond, tmp_path / "listed", "--labels=2,0")["labels"] == [2, 0]
+  default = _videos(cond, tmp_path)
+  np.testing.assert_array_equal(_videos(cond, tmp_path, labels="0,1"), default)
+  # Same latents, another class: another video (the label embedding enters the mapping).
+  all2 = _videos(cond, tmp_path, labels=2)
+  assert np.abs(all2[0].astype(int) - default[0].astype(int)).mean() > 1.0
+  np.testing.assert_array_equal(_videos(cond, tmp_path, labels=[2, 1])[1], default[1])
+  for bad, message in (
+    ("--labels=3", r"out of range: this generator has classes 0..2"),
+    ("--labels=0,1,2", "names 3 classes for 2 videos"),
+    ("--labels=dog", "expected a class id"),
+  ):
+    with pytest.raises(SystemExit, match=message):
+      _cli(cond, tmp_path / "bad", bad)
+  uncond = _tiny_checkpoint(tmp_path / "uncond")
+  with pytest.raises(SystemExit, match=r"unconditional \(c_dim=0\): drop --labels"):
+    _cli(uncond, tmp_path / "refused", "--labels=1")
+
+
+def test_truncation_zero_renders_every_video_from_w_avg(tmp_path):
+  ckpt = _tiny_checkpoint(tmp_path / "ckpt")
+  assert _cli(ckpt, tmp_path / "trunc", "--truncation=0")["truncation_psi"] == 0.0
+  free = _videos(ckpt, tmp_path)
+  trunc = _videos(ckpt, tmp_path, truncation_psi=0.0)
+  # psi = 0 maps every content latent to w_avg; the t = 0 frame ignores the motion latent, so both
+  # videos start with the same frame, which they do not without truncation.
+  np.testing.assert_array_equal(trunc[1, 0], trunc[0, 0])
+  assert np.abs(free[1, 0].astype(int) - free[0, 0].astype(int)).mean() > 1.0
+  half = _videos(ckpt, tmp_path, truncation_psi=0.5)
+  assert 0 < np.abs(half[0].astype(int) - free[0].astype(int)).mean()
+
+
+def test_diverse_motion_figure_shares_content_and_parts_with_time(tmp_path):
+  ckpt = _tiny_checkpoint(tmp_path / "ckpt")
+  out = tmp_path / "motion"
+  sampling.run(
+    ["sampling", f"--checkpoint={ckpt}", f"--output={out}", "--num_frames=4", "--diverse_motion=3"]
+  )
+  card = json.loads((out / "diverse_motion.json").read_text())
+  print("diverse motion, mean |diff| per frame:", card["mean_abs_difference"])
+  diff = card["mean_abs_difference"]
+  assert diff[0] == 0.0 and diff[-1] > 0.5, diff  # one content: same first frame, then apart
+  figure = iio.imread(out / "diverse_motion.png")
+  assert figure.shape == (4 * 34 - 2, 4 * 34 - 2, 3)  # 3 videos + the difference row, 4 times
+  assert figure[-32:, :32].max() == 0  # the difference row starts black (t = 0)
+  # Video i is content latent 0 of --seed with motion latent i of --motion_seed: the first two
+  # rows are the first video of an ordinary sample and that sample with motion seed + 1's video 1.
+  kw = dict(num_videos=2, num_frames=4, batch_size=2, formats=("gif",))
+  from digan_jax import checkpointing
+
+  gcfg, g_ema, _ = checkpointing.restore_generator(ckpt)
+  plain = sampling.sample_to_dir(gcfg, g_ema, tmp_path / "plain", **kw)["videos"]
+  np.testing.assert_array_equal(figure[:32, :32], plain[0, 0])
+  np.testing.assert_array_equal(figure[:32, -32:], plain[0, -1])
+  assert np.abs(figure[34:66, -32:].astype(int) - plain[1, -1].astype(int)).mean() > 1.0
+  with pytest.raises(SystemExit, match="at least 2 motion latents"):
+    sampling.run(["sampling", f"--checkpoint={ckpt}", f"--output={out}", "--diverse_motion=1"])
