@@ -27,17 +27,15 @@ def difference_maps(videos: np.ndarray) -> np.ndarray:
   return np.abs(v - v.mean(axis=0, keepdims=True)).mean(axis=(0, 4))
 
 
-def layout(videos: np.ndarray, diff: np.ndarray, columns: int, pad: int = 2) -> np.ndarray:
-  """Fig. 6 layout: N rows of `columns` frames evenly spaced in time, then the difference row."""
-  n, t, h, w, _ = videos.shape
-  picks = np.linspace(0, t - 1, min(columns, t)).round().astype(int)
+def difference_video(diff: np.ndarray) -> np.ndarray:
+  """float [T, H, W] -> uint8 [1, T, H, W, 3]: the difference shown as a grey video."""
   grey = np.clip(diff * DIFF_GAIN, 0, 255).astype(np.uint8)
-  rows = [videos[i, picks] for i in range(n)] + [np.repeat(grey[picks, :, :, None], 3, axis=-1)]
-  out = np.full(((n + 1) * (h + pad) - pad, len(picks) * (w + pad) - pad, 3), 255, np.uint8)
-  for r, frames in enumerate(rows):
-    for c, frame in enumerate(frames):
-      out[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = frame
-  return out
+  return np.repeat(grey[None, ..., None], 3, axis=-1)
+
+
+def layout(videos: np.ndarray, diff: np.ndarray, columns: int) -> np.ndarray:
+  """Fig. 6 layout: N rows of `columns` frames evenly spaced in time, then the difference row."""
+  return sampling.frame_rows(np.concatenate([videos, difference_video(diff)]), columns)
 
 
 def write(
@@ -83,10 +81,8 @@ def write(
   output_dir = fileio.as_path(output_dir)
   figure = layout(videos, diff, columns)
   fileio.write_bytes(output_dir / "diverse_motion.png", image_ops.encode_image(figure, "png"))
-  grey = np.repeat(np.clip(diff * DIFF_GAIN, 0, 255).astype(np.uint8)[None, ..., None], 3, -1)
-  sampling.write_video(
-    output_dir / "diverse_motion.gif", sampling.video_grid(np.concatenate([videos, grey])), fps
-  )
+  both = np.concatenate([videos, difference_video(diff)])
+  sampling.write_video(output_dir / "diverse_motion.gif", sampling.video_grid(both), fps)
   times = sampling.sample_times(num_frames, t_start, t_end)
   card = dict(
     num_motions=num_motions,

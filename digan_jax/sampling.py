@@ -82,6 +82,17 @@ def video_grid(videos: np.ndarray, columns: int | None = None, pad: int = 2) -> 
   return out
 
 
+def frame_rows(videos: np.ndarray, columns: int, pad: int = 2) -> np.ndarray:
+  """uint8 [N, T, H, W, 3] -> a figure with one row of `columns` evenly spaced frames per video."""
+  n, t, h, w, _ = videos.shape
+  picks = np.linspace(0, t - 1, min(columns, t)).round().astype(int)
+  out = np.full((n * (h + pad) - pad, len(picks) * (w + pad) - pad, 3), 255, np.uint8)
+  for r in range(n):
+    for c, i in enumerate(picks):
+      out[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = videos[r, i]
+  return out
+
+
 def write_video(path, frames: np.ndarray, fps: int = 8) -> None:
   """uint8 [T, H, W, 3] -> .gif or .mp4 (MP4 sides are padded to even sizes for H.264), local or
   in an object store, written atomically (the encoders take local file names only)."""
@@ -305,6 +316,13 @@ def _define_flags(fv: flags.FlagValues) -> flags.FlagValues:
     "truncation", 1.0, "truncation psi: w = w_avg + psi (w - w_avg); 1 = none", flag_values=fv
   )
   flags.DEFINE_integer(
+    "interpolate",
+    0,
+    "N > 1: INR-weight interpolation (paper Fig. 9) from video 0 to video 1 of (--seed, "
+    "--motion_seed) in N steps of λ (interpolation.png/.gif/.json)",
+    flag_values=fv,
+  )
+  flags.DEFINE_integer(
     "diverse_motion",
     0,
     "N > 0: one content latent (video 0 of --seed) with N motion latents of --motion_seed, written "
@@ -338,12 +356,18 @@ def main(argv, fv: flags.FlagValues = flags.FLAGS):
     frames_per_chunk=fv.frames_per_chunk,
   )
   try:
-    if fv.diverse_motion < 0:
-      raise ValueError("--diverse_motion must be >= 0 (the number of motion latents)")
+    if fv.diverse_motion < 0 or fv.interpolate < 0:
+      raise ValueError("--diverse_motion and --interpolate take a count >= 0")
+    if fv.diverse_motion and fv.interpolate:
+      raise ValueError("--diverse_motion and --interpolate are separate figures: pass one")
     if fv.diverse_motion:
       from digan_jax import diverse_motion  # pylint: disable=g-import-not-at-top
 
       card = diverse_motion.write(gcfg, g_ema, fv.output, num_motions=fv.diverse_motion, **common)
+    elif fv.interpolate:
+      from digan_jax import interpolation  # pylint: disable=g-import-not-at-top
+
+      card = interpolation.write(gcfg, g_ema, fv.output, num_steps=fv.interpolate, **common)
     else:
       card = sample_to_dir(gcfg, g_ema, fv.output, num_videos=fv.num_videos, **common)
   except ValueError as e:

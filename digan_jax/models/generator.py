@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from digan_jax.models.inr import CoordFuser, CoordGrid
+from digan_jax.models.inr import PHI, CoordFuser, CoordGrid, video_tensor
 from digan_jax.models.layers import (
   Dtype,
   FullyConnected,
@@ -130,16 +130,18 @@ class FMMLayer(nn.Module):
   def __call__(self, x, w, x_low=None):
     c_low = 0 if x_low is None else x_low.shape[-1]
     c_in, c_out, r = c_low + x.shape[-1], self.features, self.rank
-    styles = FullyConnected((c_in + c_out) * r, dtype=self.dtype, name="affine")(w)
-    left = styles[:, : c_out * r].reshape(-1, c_out, r)
-    right = styles[:, c_out * r :].reshape(-1, r, c_in)
-    mod = jnp.einsum("bor,bri->boi", left, right, precision=jax.lax.Precision.HIGHEST) / math.sqrt(
-      r
-    )
-    weight = self.param("weight", nn.initializers.normal(1.0), (c_out, c_in))
-    weight = weight[None] * (mod + 1.0)
-    # eps is added to the norm, not inside the sqrt as in StyleGAN2 demod (official FMM).
-    weight = weight / (jnp.sqrt(jnp.sum(jnp.square(weight), axis=-1, keepdims=True)) + 1e-8)
+
+    def modulated_weight():
+      styles = FullyConnected((c_in + c_out) * r, dtype=self.dtype, name="affine")(w)
+      left = styles[:, : c_out * r].reshape(-1, c_out, r)
+      right = styles[:, c_out * r :].reshape(-1, r, c_in)
+      mod = jnp.einsum("bor,bri->boi", left, right, precision=jax.lax.Precision.HIGHEST)
+      weight = self.param("weight", nn.initializers.normal(1.0), (c_out, c_in))
+      weight = weight[None] * (mod / math.sqrt(r) + 1.0)
+      # eps is added to the norm, not inside the sqrt as in StyleGAN2 demod (official FMM).
+      return weight / (jnp.sqrt(jnp.sum(jnp.square(weight), axis=-1, keepdims=True)) + 1e-8)
+
+    weight = video_tensor(self, "weight", modulated_weight)  # [B, c_out, c_in]
     y = _per_pixel(x, weight[:, :, c_low:], self.dtype)
     if x_low is not None:
       y = add_upsampled_nearest2x(y, _per_pixel(x_low, weight[:, :, :c_low], self.dtype))
@@ -166,11 +168,14 @@ class ToRGB(nn.Module):
   @nn.compact
   def __call__(self, x, w):
     c_in = x.shape[-1]
-    styles = FullyConnected(c_in, bias_init=1.0, dtype=self.dtype, name="affine")(w)
-    styles = styles / math.sqrt(c_in)
-    weight = self.param("weight", nn.initializers.normal(1.0), (self.channels, c_in))
+
+    def modulated_weight():
+      styles = FullyConnected(c_in, bias_init=1.0, dtype=self.dtype, name="affine")(w)
+      weight = self.param("weight", nn.initializers.normal(1.0), (self.channels, c_in))
+      return weight[None] * (styles / math.sqrt(c_in))[:, None, :]
+
     # Three channels summed over levels: kept float32 (negligible traffic, exact skip sum).
-    y = _per_pixel(x, weight[None] * styles[:, None, :], self.dtype, jnp.float32)
+    y = _per_pixel(x, video_tensor(self, "weight", modulated_weight), self.dtype, jnp.float32)
     return y + self.param("bias", nn.initializers.zeros, (self.channels,))
 
 
@@ -239,6 +244,20 @@ class Generator(nn.Module):
 
   def synthesize(self, w, z_motion, times, grid: CoordGrid = CoordGrid()):
     return self.synthesis(w, z_motion, _times_per_video(times, w.shape[0]), grid)
+
+  def inr_params(self, w, z_motion):
+    """phi(w, z_M): every per-video tensor of the INR ({module path: tensors}, leading axis B).
+    Call with mutable=[PHI]; the one-frame render it runs on the way is discarded."""
+    self.synthesize(w, z_motion, jnp.zeros((1,), jnp.float32), CoordGrid())
+    return self.variables[PHI]
+
+  def render_inr(self, phi, times, grid: CoordGrid = CoordGrid()):
+    """Frames [B, T, H, W, 3] from phi alone (pass it as the 'phi' collection too: the latents are
+    not used, zeros stand in for them)."""
+    batch = jax.tree.leaves(phi)[0].shape[0]
+    cfg = self.config
+    w = jnp.zeros((batch, cfg.w_dim), jnp.float32)
+    return self.synthesize(w, jnp.zeros((batch, cfg.motion_dim), jnp.float32), times, grid)
 
   def __call__(
     self,

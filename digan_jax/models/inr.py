@@ -18,6 +18,25 @@ import numpy as np
 
 from digan_jax.models.layers import FullyConnected, Dtype, lrelu
 
+# The variable collection of the per-video INR tensors phi(z, z_M) (paper Fig. 9).
+PHI = "phi"
+
+
+def video_tensor(module: nn.Module, name: str, compute):
+  """A per-video tensor of the INR: part of phi(z, z_M), what depends only on the latents (FMM
+  weights, Fourier frequencies and content phases, the motion affine, ToRGB weights).
+
+  Read from the 'phi' collection when the caller passes one (a render from phi, e.g. interpolated
+  between two videos); otherwise computed, and recorded there when 'phi' is mutable
+  (`Generator.inr_params`). A trace-time choice: the ordinary render is unchanged.
+  """
+  if module.has_variable(PHI, name):
+    return module.get_variable(PHI, name)
+  value = compute()
+  if module.is_mutable_collection(PHI) and not module.is_initializing():
+    module.put_variable(PHI, name, value)
+  return value
+
 
 @dataclasses.dataclass(frozen=True)
 class CoordGrid:
@@ -91,10 +110,18 @@ class CoordFuser(nn.Module):
   def __call__(self, w, z_motion, times, coords):
     """w [B, w_dim], z_motion [B, m_dim], times [B, T], coords [H, W, 2] -> [B, T, H, W, 2*emb]."""
     e = self.emb_size
-    m = FullyConnected(3 * e, dtype=self.dtype, name="xyaffine")(w)
+    m = video_tensor(
+      self, "xyaffine", lambda: FullyConnected(3 * e, dtype=self.dtype, name="xyaffine")(w)
+    )
     freqs = self.fourier_scale * m[:, : 2 * e].reshape(-1, e, 2)  # row d = (x-weight, y-weight)
     phase_content = m[:, 2 * e :]
-    a = FullyConnected(e, dtype=self.dtype, name="affine")(jnp.concatenate([w, z_motion], -1))
+    a = video_tensor(
+      self,
+      "affine",
+      lambda: FullyConnected(e, dtype=self.dtype, name="affine")(
+        jnp.concatenate([w, z_motion], -1)
+      ),
+    )
     # Official: PyTorch default leaky-ReLU (slope 0.01, no gain) on a*t*sigma_t; linear as t >= 0.
     u = lrelu(a[:, None, :] * times[:, :, None].astype(jnp.float32) * self.motion_sigma, 0.01)
     u = FullyConnected(e, activation="lrelu", dtype=self.dtype, name="motion_mlp0")(u)
