@@ -65,9 +65,11 @@ class RunClock:
     parts = [f"training {_minutes(r['train_s'])} at {steps_per_sec:.2f} steps/s"]
     untimed = [s.protocol.name for s in self.schedules if s.protocol.name not in self.seconds]
     if r["evaluations"]:
+      timed = len(untimed) < len(self.schedules)  # else "0 s" would read as a duration
       parts.append(
-        f"{r['evaluations']} FVD evaluation(s) {_minutes(r['eval_s'])}"
-        + (f", {'/'.join(untimed)} not timed yet" if untimed else "")
+        f"{r['evaluations']} FVD evaluation(s) "
+        + (_minutes(r["eval_s"]) if timed else "not timed yet")
+        + (f", {'/'.join(untimed)} not timed yet" if untimed and timed else "")
       )
     if r["sample_sets"]:
       timed = "samples" in self.seconds

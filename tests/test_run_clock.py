@@ -43,6 +43,9 @@ def test_remaining_counts_training_evaluations_and_samples():
   assert "4 FVD evaluation(s) 3.0 min, digan not timed yet" in line
   assert "2 sample set(s) 10 s" in line
   assert "1 sample set(s) not timed yet" in run_clock.RunClock(10, 10).describe(5, 1.0)
+  # A resumed run has timed nothing yet: no "0 s" beside "not timed yet".
+  resumed = run_clock.RunClock(2000, 1000, [Schedule(proxy, every_steps=1000, at_end=True)])
+  assert "2 FVD evaluation(s) not timed yet;" in resumed.describe(800, 2.0)
   first = clock.describe(25, 0.38, compiling=True)
   assert "including compilation" in first and "left" not in first.split(";")[0]
   assert clock.timed("samples", lambda x: x + 1, 1) == 2 and clock.seconds["samples"] < 1.0
