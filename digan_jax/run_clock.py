@@ -7,6 +7,8 @@ last step can take as long again, so the log line of `RunClock` counts them too.
 
 from __future__ import annotations
 
+import contextlib
+
 import time
 
 
@@ -82,3 +84,27 @@ class RunClock:
 
 def _minutes(seconds: float) -> str:
   return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+class IntervalTimer:
+  """Training seconds of a log interval: the time inside `excluded()` (samples and evaluations,
+  which the RunClock times on its own) is left out, so steps/s after an evaluation is a training
+  rate (with it, a 128-clip CPU evaluation read as 0.20 steps/s and "83 min left", not 9)."""
+
+  def __init__(self, now=time.perf_counter):
+    self._now = now
+    self.reset()
+
+  def reset(self) -> None:
+    self._start, self._excluded = self._now(), 0.0
+
+  @contextlib.contextmanager
+  def excluded(self):
+    start = self._now()
+    try:
+      yield
+    finally:
+      self._excluded += self._now() - start
+
+  def seconds(self) -> float:
+    return self._now() - self._start - self._excluded

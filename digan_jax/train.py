@@ -293,7 +293,7 @@ def train_and_evaluate(config, workdir) -> dict:
       final_metrics.update(_evaluate_and_record(evaluator, due, ckpts, writer, start, state, clock))
   preempt = PreemptionFlag(config.log_every_steps)
   step = start
-  t_log, n_log, first_interval = time.perf_counter(), 0, True
+  interval, n_log, first_interval = run_clock.IntervalTimer(), 0, True
   skipped, skipped_total = 0, 0  # iterations skipped (policy "skip"): this interval, this start
   try:
     while step < num_steps:
@@ -315,7 +315,7 @@ def train_and_evaluate(config, workdir) -> dict:
           guard.check_skipped(step, n_skipped, n_log)
         else:
           guard.check(step, final_metrics)  # raises after nonfinite_patience bad checks in a row
-        dt = time.perf_counter() - t_log
+        dt = interval.seconds()
         final_metrics["perf/steps_per_sec"] = n_log / dt
         final_metrics["perf/videos_per_sec"] = n_log * config.train.global_batch_size / dt
         final_metrics["progress/kimg"] = step * config.train.global_batch_size / 1000
@@ -323,7 +323,8 @@ def train_and_evaluate(config, workdir) -> dict:
         if jax.process_index() == 0:
           rate = final_metrics["perf/steps_per_sec"]
           logging.info("%s", clock.describe(step, rate, compiling=first_interval))
-        t_log, n_log, first_interval = time.perf_counter(), 0, False
+        n_log, first_interval = 0, False
+        interval.reset()
       if preempt.should_stop(step):
         saved = _save_if_finite(ckpts, step, state, guard)
         logging.warning(
@@ -334,13 +335,14 @@ def train_and_evaluate(config, workdir) -> dict:
         break
       if step % config.checkpoint_every_steps == 0 or step == num_steps:
         _save_if_finite(ckpts, step, state, guard)
-      if _samples_due(config, step, num_steps):
-        clock.timed("samples", _write_samples_logged, config, workdir, state, step, writer)
-      if evaluator is not None:
-        due = evaluator.due(step, end=step == num_steps)
-        final_metrics.update(
-          _evaluate_and_record(evaluator, due, ckpts, writer, step, state, clock)
-        )
+      with interval.excluded():
+        if _samples_due(config, step, num_steps):
+          clock.timed("samples", _write_samples_logged, config, workdir, state, step, writer)
+        if evaluator is not None:
+          due = evaluator.due(step, end=step == num_steps)
+          final_metrics.update(
+            _evaluate_and_record(evaluator, due, ckpts, writer, step, state, clock)
+          )
     ckpts.finish()  # raises when the last save failed, naming the newest intact checkpoint
   finally:
     ckpts.close()

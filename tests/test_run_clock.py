@@ -49,3 +49,16 @@ def test_remaining_counts_training_evaluations_and_samples():
   first = clock.describe(25, 0.38, compiling=True)
   assert "including compilation" in first and "left" not in first.split(";")[0]
   assert clock.timed("samples", lambda x: x + 1, 1) == 2 and clock.seconds["samples"] < 1.0
+
+
+def test_interval_timer_leaves_evaluations_out_of_the_training_rate():
+  now = [0.0]
+  timer = run_clock.IntervalTimer(now=lambda: now[0])
+  now[0] += 10.0  # 20 steps
+  with timer.excluded():
+    now[0] += 90.0  # a 128-clip CPU evaluation
+  now[0] += 2.5  # 5 more steps
+  assert timer.seconds() == 12.5  # 25 steps / 12.5 s = 2 steps/s, not 0.24
+  timer.reset()
+  now[0] += 3.0
+  assert timer.seconds() == 3.0
