@@ -105,17 +105,19 @@ def write(
   )
   card = dict(
     lambdas=lambdas,
-    num_frames=num_frames,
-    t_start=t_start,
-    t_end=t_end,
-    seed=seed,
-    motion_seed=motion_seed,
+    **sampling.render_card(
+      videos,
+      num_frames=num_frames,
+      t_start=t_start,
+      t_end=t_end,
+      seed=seed,
+      motion_seed=motion_seed,
+      scale=scale,
+      zoom=zoom,
+      psi=truncation_psi,
+    ),
     endpoints="videos 0 and 1 of (seed, motion_seed)",
-    scale=scale,
-    zoom=zoom,
-    truncation_psi=truncation_psi,
     labels=None if onehot is None else np.argmax(onehot, -1).tolist(),
-    frame_size=list(videos.shape[2:4]),
     layout="rows: λ from 0 (video 0) to 1 (video 1); columns: evenly spaced times",
   )
   fileio.write_json(output_dir / "interpolation.json", card)

@@ -186,6 +186,21 @@ def render_batches(
   return np.concatenate(videos)
 
 
+def render_card(videos, *, num_frames, t_start, t_end, seed, motion_seed, scale, zoom, psi) -> dict:
+  """The render settings that every written card (sampling, diverse motion, interpolation) records."""
+  return dict(
+    num_frames=num_frames,
+    t_start=t_start,
+    t_end=t_end,
+    seed=seed,
+    motion_seed=motion_seed,
+    scale=scale,
+    zoom=zoom,
+    truncation_psi=psi,
+    frame_size=list(videos.shape[2:4]),
+  )
+
+
 def sample_to_dir(
   gcfg,
   variables,
@@ -233,16 +248,18 @@ def sample_to_dir(
     write_video(output_dir / f"grid.{fmt}", video_grid(videos), fps)
   card = dict(
     num_videos=num_videos,
-    num_frames=num_frames,
-    t_start=t_start,
-    t_end=t_end,
-    seed=seed,
-    motion_seed=motion_seed,
-    scale=scale,
-    zoom=zoom,
-    truncation_psi=truncation_psi,
+    **render_card(
+      videos,
+      num_frames=num_frames,
+      t_start=t_start,
+      t_end=t_end,
+      seed=seed,
+      motion_seed=motion_seed,
+      scale=scale,
+      zoom=zoom,
+      psi=truncation_psi,
+    ),
     labels=None if onehot is None else np.argmax(onehot, -1).tolist(),
-    frame_size=list(videos.shape[2:4]),
   )
   fileio.write_json(output_dir / "sampling.json", card)
   return {**card, "videos": videos}
