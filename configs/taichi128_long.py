@@ -7,4 +7,6 @@ def get_config():
   config = taichi128.get_config()
   config.data.num_frames = 128
   config.model.generator.motion_sigma = 0.5
+  # t in [0, 1] spans the 128-frame clip: samples show all of it (rendered 16 frames at a time).
+  config.sample.num_frames = 128
   return config

@@ -18,7 +18,8 @@ from digan_jax.evaluation import i3d, i3d_weights
 
 # A training clip has 16 frames at t = i / 15 (DIGAN's generator samples t in [0, 1] over 16
 # frames); fakes are rendered on that frame grid, so 128-frame protocols extrapolate to t = 127 / 15
-# like longer real clips.
+# like longer real clips. A model trained on longer clips (configs/taichi128_long.py: 128 frames)
+# sets `train_clip_frames` (evaluation/schedule.py does it from config.data.num_frames).
 TRAIN_CLIP_FRAMES = 16
 
 _UINT8_MODES = ("floor", "round_half_up")
@@ -57,6 +58,7 @@ class Protocol:
   resample_real: bool = True
   seed: int = 42
   reference: str = ""
+  train_clip_frames: int = TRAIN_CLIP_FRAMES
   overrides: tuple = ()
 
   def __post_init__(self):
@@ -76,6 +78,8 @@ class Protocol:
         f"protocol {self.name!r}: FVD needs at least 2 fake and 2 real clips, got "
         f"num_fake={self.num_fake}, num_real={self.num_real}"
       )
+    if self.train_clip_frames < 2:
+      raise ValueError(f"protocol {self.name!r}: train_clip_frames must be >= 2")
     if self.num_trials < 1 or self.frame_stride < 1:
       raise ValueError(f"protocol {self.name!r}: num_trials and frame_stride must be >= 1")
     if self.num_frames < i3d.MIN_FRAMES:
@@ -94,9 +98,10 @@ class Protocol:
     return self.num_trials if self.resample_real else 1
 
   def fake_times(self) -> np.ndarray:
-    """Generator times of the clip's frames: frame index k * stride <-> t = k * stride / 15."""
+    """Generator times of the clip's frames: frame index k * stride <-> t = k * stride / (T - 1)
+    for a model trained on T-frame clips (t in [0, 1] spans one training clip)."""
     frame_index = np.arange(self.num_frames) * self.frame_stride
-    return (frame_index / (TRAIN_CLIP_FRAMES - 1)).astype(np.float32)
+    return (frame_index / (self.train_clip_frames - 1)).astype(np.float32)
 
   def fake_seeds(self, trial: int) -> tuple[int, int]:
     """(content seed, motion seed) of a trial, as `python -m digan_jax.sampling --seed` uses them
@@ -122,9 +127,11 @@ class Protocol:
   def card(self) -> dict[str, Any]:
     fields = dataclasses.asdict(self)
     fields["overrides"] = {k: v for k, v in self.overrides}
+    if self.train_clip_frames == TRAIN_CLIP_FRAMES:
+      del fields["train_clip_frames"]  # cards of 16-frame models stay those written before it
     fields.update(
       frame_span=self.frame_span,
-      fake_times=f"t = frame_index / {TRAIN_CLIP_FRAMES - 1} (frame_index = k * frame_stride)",
+      fake_times=f"t = frame_index / {self.train_clip_frames - 1} (frame_index = k * frame_stride)",
       fake_seeds=[list(self.fake_seeds(t)) for t in range(self.num_trials)],
       real_seeds=[self.real_seed(t) for t in range(self.num_real_sets)],
       fake_labels="one-hot of video index mod c_dim (class-conditional generators only)",

@@ -41,6 +41,9 @@ def schedules(config) -> list[Schedule]:
     overrides.update(num_fake=int(ev.num_videos), num_real=int(ev.num_videos))
   if ev.num_repeats > 0:
     overrides["num_trials"] = int(ev.num_repeats)
+  if config.data.num_frames != protocols.TRAIN_CLIP_FRAMES:
+    # t in [0, 1] spans the model's own training clip (128 frames for the long-video model).
+    overrides["train_clip_frames"] = int(config.data.num_frames)
   out = []
   for entry in (e.strip() for e in str(ev.protocol).split(",")):
     name, _, when = entry.partition("@")
