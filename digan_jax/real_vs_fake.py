@@ -49,6 +49,7 @@ def real_clips(config, workdir, num_videos: int, num_frames: int, resolution: in
     config.data.eval_split,
     num_videos,
     num_frames=num_frames,
+    frame_stride=config.data.frame_stride,  # the frames a training clip takes (TaiChi: every 4th)
     resolution=resolution,
     seed=seed,
     num_clips=num_videos,

@@ -13,7 +13,7 @@ from digan_jax import sampling, sharding
 from digan_jax import steps as steps_lib
 from digan_jax import train as train_lib
 from digan_jax.data import clip_plans, pipeline, synthetic_videos
-from digan_jax.evaluation import schedule
+from digan_jax.evaluation import real_data, schedule
 from digan_jax.models import Generator
 
 import tiny_digan
@@ -163,3 +163,23 @@ def test_128_frames_render_in_chunks_with_bounded_memory():
   np.testing.assert_allclose(
     np.asarray(fn_chunked(variables)), np.asarray(fn_whole(variables)), atol=1e-5
   )
+
+
+def test_evaluation_takes_real_clips_at_the_training_stride():
+  """TaiChi trains on every 4th frame (t = 1/15 is 4 source frames), and DIGAN evaluates it on the
+  same stride-4 clips (spec §9.3); the fakes are rendered at t = k / 15 either way."""
+  config = importlib.import_module("configs.taichi128").get_config()
+  (proxy,) = [s.protocol for s in schedule.schedules(config)]
+  assert (proxy.frame_stride, proxy.data_stride, proxy.real_stride) == (1, 4, 4)
+  assert proxy.frame_span == 61 and proxy.card()["data_stride"] == 4
+  np.testing.assert_allclose(proxy.fake_times(), np.arange(16) / 15, rtol=1e-6)
+  source = real_data.clip_source_from_videos(_index_videos([100, 80]), proxy, batch_size=4)
+  clips = np.concatenate([b["video"][b["valid"]] for b in source(8, seed=0)])
+  index = clips[..., 0, 0, 0].astype(np.int64) + 256 * clips[..., 0, 0, 1].astype(np.int64)
+  assert index.shape == (8, 16)
+  np.testing.assert_array_equal(np.diff(index, axis=1), 4)
+  # A stride-1 dataset keeps the protocol as registered (and its cards as before).
+  (plain,) = [
+    s.protocol for s in schedule.schedules(importlib.import_module("configs.ucf101").get_config())
+  ]
+  assert plain.data_stride == 1 and "data_stride" not in plain.card()

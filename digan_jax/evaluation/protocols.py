@@ -41,7 +41,10 @@ class Protocol:
   covariance: 'unbiased' (N - 1) or 'biased' (N). sqrt_method: the matrix square-root route of the
   reference (all agree to ~1e-10 in float64). real_sampling: 'windows' (uniform over all
   clip windows of all videos) or 'per_video' (one random window per video). seed: base seed of fake
-  latents and real-clip draws. overrides: (field, value) pairs changed from the registered protocol.
+  latents and real-clip draws. train_clip_frames: frames of the model's training clip (t in [0, 1]
+  spans it). data_stride: source frames between the frames of a training clip (the dataset's
+  frame_stride); real clips take every frame_stride * data_stride-th source frame. overrides:
+  (field, value) pairs changed from the registered protocol.
   """
 
   name: str
@@ -59,6 +62,7 @@ class Protocol:
   seed: int = 42
   reference: str = ""
   train_clip_frames: int = TRAIN_CLIP_FRAMES
+  data_stride: int = 1
   overrides: tuple = ()
 
   def __post_init__(self):
@@ -78,8 +82,10 @@ class Protocol:
         f"protocol {self.name!r}: FVD needs at least 2 fake and 2 real clips, got "
         f"num_fake={self.num_fake}, num_real={self.num_real}"
       )
-    if self.train_clip_frames < 2:
-      raise ValueError(f"protocol {self.name!r}: train_clip_frames must be >= 2")
+    if self.train_clip_frames < 2 or self.data_stride < 1:
+      raise ValueError(
+        f"protocol {self.name!r}: train_clip_frames must be >= 2 and data_stride >= 1"
+      )
     if self.num_trials < 1 or self.frame_stride < 1:
       raise ValueError(f"protocol {self.name!r}: num_trials and frame_stride must be >= 1")
     if self.num_frames < i3d.MIN_FRAMES:
@@ -89,9 +95,15 @@ class Protocol:
       )
 
   @property
+  def real_stride(self) -> int:
+    """Source frames between a real clip's frames: frame_stride training-clip frames, each
+    data_stride source frames apart (TaiChi trains on every 4th frame, and DIGAN evaluates it so)."""
+    return self.frame_stride * self.data_stride
+
+  @property
   def frame_span(self) -> int:
     """Source frames one clip covers."""
-    return (self.num_frames - 1) * self.frame_stride + 1
+    return (self.num_frames - 1) * self.real_stride + 1
 
   @property
   def num_real_sets(self) -> int:
@@ -119,6 +131,7 @@ class Protocol:
       num_real_sets=self.num_real_sets,
       num_frames=self.num_frames,
       frame_stride=self.frame_stride,
+      **({"data_stride": self.data_stride} if self.data_stride != 1 else {}),
       resize=self.resize,
       real_sampling=self.real_sampling,
       seed=self.seed,
@@ -127,8 +140,11 @@ class Protocol:
   def card(self) -> dict[str, Any]:
     fields = dataclasses.asdict(self)
     fields["overrides"] = {k: v for k, v in self.overrides}
+    # Cards of 16-frame, stride-1 models stay those written before these fields existed.
     if self.train_clip_frames == TRAIN_CLIP_FRAMES:
-      del fields["train_clip_frames"]  # cards of 16-frame models stay those written before it
+      del fields["train_clip_frames"]
+    if self.data_stride == 1:
+      del fields["data_stride"]
     fields.update(
       frame_span=self.frame_span,
       fake_times=f"t = frame_index / {self.train_clip_frames - 1} (frame_index = k * frame_stride)",

@@ -44,6 +44,9 @@ def schedules(config) -> list[Schedule]:
   if config.data.num_frames != protocols.TRAIN_CLIP_FRAMES:
     # t in [0, 1] spans the model's own training clip (128 frames for the long-video model).
     overrides["train_clip_frames"] = int(config.data.num_frames)
+  if config.data.frame_stride != 1:
+    # Real clips at the training stride (DIGAN evaluates TaiChi on its stride-4 clips).
+    overrides["data_stride"] = int(config.data.frame_stride)
   out = []
   for entry in (e.strip() for e in str(ev.protocol).split(",")):
     name, _, when = entry.partition("@")
