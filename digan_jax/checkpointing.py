@@ -103,6 +103,18 @@ def restore_generator(directory, step: int | None = None, step_flag: str = "--st
   return gcfg, g_ema, step
 
 
+def restore_discriminator(directory, step: int):
+  """(DiscriminatorConfig, D variables {'params': ...} as NumPy) of a step: an imported
+  checkpoint's `d` item, or the discriminator of a training checkpoint's state."""
+  directory = as_path(directory)
+  _, dcfg = configs_from_card(read_items(directory, step, ("model",))["model"])
+  if dcfg is None:
+    raise FileNotFoundError(f"checkpoint {step} in {directory} holds no discriminator")
+  if (directory / str(step) / "d").exists():
+    return dcfg, read_items(directory, step, ("d",))["d"]
+  return dcfg, {"params": restore_numpy(directory, step, "state")["d_params"]}
+
+
 def short_error(e: BaseException) -> str:
   """One line for an error: the storage status (`OUT_OF_RANGE: Error reading ...`) where one is
   in its cause chain (TensorStore errors wrap it in pages of specs), else the first line."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tiny_digan
-from digan_jax import optim, sampling, sharding
+from digan_jax import optim, projection, sampling, sharding
 from digan_jax import steps as steps_lib
 
 RES = 16
@@ -83,6 +83,7 @@ def train_disc_videos(freeze: str = "") -> dict:
     state, _ = step_fn(state, real_batch(i, mesh), steps.lazy_phases(i))
   out = measure(steps, state)
   out["frozen"] = steps.frozen
+  out["generator"], out["g_ema"] = steps.generator, jax.device_get(state.g_ema)
   out["frozen_unchanged"] = _unchanged(frozen_before, tiny_digan.host_params(state), steps.frozen)
   return out
 
@@ -124,3 +125,32 @@ def test_freeze_keeps_the_motion_path_and_names_it(runs):
   assert frozen["frozen_unchanged"]
   assert len(frozen["frozen"]) == 3 * 2 * 3  # 3 fusers (4², 8², 16²) x 3 layers x (weight, bias)
   assert all("coord_fuser" in n for n in frozen["frozen"])
+
+
+PROJECTION_MARGIN_DB = 2.0
+
+
+def test_projection_predicts_unseen_frames_better_than_copying_or_blending(runs):
+  """Paper Fig. 5 on known latents: videos the trained generator renders, frames {6, 7, 8} given,
+  3..11 predicted (backward and forward); then frames 3..12 from the first and last three
+  (intermediate). The prediction beats copying the nearest given frame and blending the given frames
+  linearly in time by a PSNR margin, in each direction."""
+  generator, g_ema = runs["trained"]["generator"], runs["trained"]["g_ema"]
+  z = sampling.latents(10, 8, generator.config.z_dim)
+  zm = sampling.latents(11, 8, generator.config.motion_dim)
+  videos = np.asarray(
+    jax.jit(lambda v: sampling.render(generator, v, z, zm, sampling.sample_times(16)))(g_ema)
+  )
+  cfg = projection.ProjectionConfig(num_steps=300, w_avg_samples=1000)
+  for given, target in (([6, 7, 8], range(3, 12)), ([0, 1, 2, 13, 14, 15], range(3, 13))):
+    result = projection.evaluate(generator, g_ema, videos, given, list(target), cfg)
+    for region, psnr in result["psnr_by_region"].items():
+      print(
+        f"given {given}, {region}: PSNR projection {psnr['projection']:.2f} dB, nearest frame "
+        f"{psnr['nearest_frame']:.2f} dB, linear blend {psnr['linear_blend']:.2f} dB"
+      )
+      assert psnr["projection"] > psnr["nearest_frame"] + PROJECTION_MARGIN_DB, (region, psnr)
+      assert psnr["projection"] > psnr["linear_blend"] + PROJECTION_MARGIN_DB, (region, psnr)
+    assert set(result["psnr_by_region"]) == (
+      {"backward", "forward"} if given[0] == 6 else {"intermediate"}
+    )
