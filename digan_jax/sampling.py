@@ -22,6 +22,7 @@ import numpy as np
 from absl import flags
 
 from digan_jax import cli_flags, fileio, quantize
+from digan_jax.data import image_ops
 from digan_jax.models.generator import Generator
 from digan_jax.models.inr import CoordGrid
 
@@ -246,6 +247,10 @@ def sample_to_dir(
       write_video(output_dir / f"video_{i:04d}.{fmt}", v, fps)
   for fmt in formats:
     write_video(output_dir / f"grid.{fmt}", video_grid(videos), fps)
+  # One row of 8 evenly spaced frames per video: the still picture of a sample set.
+  fileio.write_bytes(
+    output_dir / "frames.png", image_ops.encode_image(frame_rows(videos, 8), "png")
+  )
   card = dict(
     num_videos=num_videos,
     **render_card(

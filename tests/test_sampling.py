@@ -73,6 +73,14 @@ def test_sampling_from_imported_official_checkpoint(
   for name in ("video_0000.mp4", "video_0001.gif", "grid.mp4", "grid.gif", "sampling.json"):
     assert (out / "cli" / name).stat().st_size > 0
   assert json.loads((out / "cli" / "sampling.json").read_text())["t_end"] == 2.0
+  # The still picture: one row per video, every frame of these 3-frame videos in it.
+  import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
+
+  still = iio.imread(out / "cli" / "frames.png")
+  grid = iio.imread(out / "cli" / "grid.gif")  # [T, H, 2W + 2, 3]: videos 0 and 1 side by side
+  h, w = grid.shape[1], (grid.shape[2] - 2) // 2
+  assert still.shape == (2 * h + 2, 3 * w + 4, 3)
+  assert np.abs(still[:h, :w].astype(int) - grid[0, :, :w]).mean() < 4  # GIF palette error
   (used,) = passed
   for a, b in zip(jax.tree.leaves(used), jax.tree.leaves(want_ema)):
     np.testing.assert_array_equal(a, b)
