@@ -27,9 +27,16 @@ def inr_params(generator: Generator, variables, z_content, z_motion, labels=None
   return phi
 
 
-def render_inr(generator: Generator, variables, phi, times, grid: CoordGrid = CoordGrid()):
-  """Frames [B, T, H, W, 3] rendered from φ alone."""
-  return generator.apply({**variables, PHI: phi}, phi, times, grid, method=Generator.render_inr)
+def render_inr(
+  generator: Generator, variables, phi, times, grid: CoordGrid = CoordGrid(), frames_per_chunk=None
+):
+  """Frames [B, T, H, W, 3] rendered from φ alone (`frames_per_chunk` times at a time)."""
+  batch = jax.tree.leaves(phi)[0].shape[0]
+  times = jnp.broadcast_to(jnp.asarray(times, jnp.float32), (batch, np.shape(times)[-1]))
+  synth = lambda t: generator.apply(
+    {**variables, PHI: phi}, phi, t, grid, method=Generator.render_inr
+  )
+  return sampling.in_time_chunks(synth, times, frames_per_chunk)
 
 
 def blend(phi1, phi2, lam: float):
@@ -40,11 +47,12 @@ def blend(phi1, phi2, lam: float):
 def interpolate(generator, variables, z_content, z_motion, lambdas, times, **kw):
   """Float frames [len(lambdas), T, H, W, 3] between the two videos of z_content/z_motion [2, .]."""
   grid = kw.pop("grid", CoordGrid())
+  frames_per_chunk = kw.pop("frames_per_chunk", None)
   phi = inr_params(generator, variables, z_content, z_motion, **kw)
   first = jax.tree.map(lambda x: x[:1], phi)
   second = jax.tree.map(lambda x: x[1:], phi)
   mix = jax.tree.map(lambda *xs: jnp.concatenate(xs), *(blend(first, second, l) for l in lambdas))
-  return render_inr(generator, variables, mix, times, grid)
+  return render_inr(generator, variables, mix, times, grid, frames_per_chunk)
 
 
 def write(
@@ -69,7 +77,7 @@ def write(
 ) -> dict:
   """Writes interpolation.png (one row per λ, frames at evenly spaced times), interpolation.gif
   (the λ videos side by side) and interpolation.json."""
-  del batch_size, frames_per_chunk  # one render of num_steps videos
+  del batch_size  # one render of num_steps videos, frames_per_chunk frames at a time
   if num_steps < 2:
     raise ValueError("--interpolate needs at least 2 steps (λ = 0 and 1)")
   motion_seed = seed + 1 if motion_seed < 0 else motion_seed
@@ -88,6 +96,7 @@ def write(
       labels=lab,
       psi=truncation_psi,
       grid=sampling.grid_for(scale, zoom),
+      frames_per_chunk=frames_per_chunk,
     )
   )
   frames = fn(

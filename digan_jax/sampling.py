@@ -59,8 +59,14 @@ def render(
   times = jnp.asarray(times, jnp.float32)
   if times.ndim == 1:
     times = jnp.broadcast_to(times[None], (z_content.shape[0], times.shape[0]))
-  num_frames = times.shape[1]
   synth = lambda t: generator.apply(variables, w, z_motion, t, grid, method=Generator.synthesize)
+  return in_time_chunks(synth, times, frames_per_chunk)
+
+
+def in_time_chunks(synth, times, frames_per_chunk: int | None):
+  """synth(times [B, F]) -> frames [B, F, ...], called on chunks of `frames_per_chunk` times one
+  after another (`lax.map`), so memory does not grow with the number of frames."""
+  num_frames = times.shape[1]
   if not frames_per_chunk or frames_per_chunk >= num_frames:
     return synth(times)
   chunks = math.ceil(num_frames / frames_per_chunk)

@@ -57,6 +57,23 @@ def test_render_from_phi_equals_the_render_and_lambda_ends_are_the_videos(tiny):
   assert to_fade > 0.05 * ends, (to_fade, ends)
 
 
+def test_render_from_phi_in_time_chunks_equals_one_pass(tiny):
+  """Long interpolations render a few frames at a time (as sampling does): same frames."""
+  g, variables, z, zm = tiny
+  times = sampling.sample_times(5, 0.0, 2.0)
+  phi = jax.jit(lambda v: interpolation.inr_params(g, v, z, zm))(variables)
+  whole, chunked = (
+    np.asarray(
+      jax.jit(lambda v, p, c=c: interpolation.render_inr(g, v, p, times, frames_per_chunk=c))(
+        variables, phi
+      )
+    )
+    for c in (None, 2)
+  )
+  assert chunked.shape == whole.shape == (2, 5, 32, 32, 3)
+  np.testing.assert_allclose(chunked, whole, atol=1e-5)
+
+
 def test_interpolate_cli_writes_the_fig9_grid(tmp_path):
   from digan_jax import checkpointing
 
