@@ -72,6 +72,7 @@ def test_more_starts_keep_each_videos_best_descent():
   w, _, four = run(4)
   assert four.shape == one.shape == (30, 2) and w.shape == (2, 16)
   assert np.all(np.asarray(four[-1]) <= np.asarray(one[-1]) * (1 + 1e-4))
+  assert np.any(np.asarray(four[-1]) < 0.99 * np.asarray(one[-1]))  # a random start won somewhere
   print(f"final loss per video: 1 start {np.asarray(one[-1])}, 4 starts {np.asarray(four[-1])}")
 
 
@@ -102,7 +103,7 @@ def test_projection_cli_writes_the_card_and_the_side_by_side(tiny_checkpoint, tm
   ckpt, folder = tiny_checkpoint
   out = tmp_path / "out"
   base = ["projection", f"--checkpoint={ckpt}", f"--video={folder}", "--num_steps=40"]
-  base += ["--w_avg_samples=64"]
+  base += ["--w_avg_samples=64", "--num_starts=2"]
   assert projection.run([*base, f"--output={out}", "--given=6,7,8", "--predict=3:12,20"]) == 0
   card = json.loads((out / "projection.json").read_text())
   assert card["checkpoint_step"] == 7 and card["given"] == [6, 7, 8]
@@ -124,10 +125,10 @@ def test_projection_cli_writes_the_card_and_the_side_by_side(tiny_checkpoint, tm
   assert (out / "projection.mp4").stat().st_size > 0
   capsys.readouterr()
 
-  # The discriminator's features as the perceptual term: named in the card, changes the result.
+  # The discriminator's features as the perceptual term (the only setting that differs from the
+  # first run): named in the card, changes the result.
   out_d = tmp_path / "out_d"
   args = [*base, f"--output={out_d}", "--perceptual=discriminator", "--perceptual_weight=10"]
-  args += ["--num_starts=2"]
   assert projection.run(args + ["--predict=3:12,20"]) == 0
   card_d = json.loads((out_d / "projection.json").read_text())
   assert "discriminator" in card_d["perceptual_features"]
