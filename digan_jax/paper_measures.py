@@ -67,7 +67,7 @@ class TimedProtocol(protocols.Protocol):
     card = super().card()
     card.pop("times")
     card["fake_times"] = [round(float(t), 6) for t in self.times]
-    card["real_frames"] = f"{self.num_frames} frames, every {self.frame_stride}th source frame"
+    card["real_frames"] = f"{self.num_frames} frames, every {self.real_stride}th source frame"
     return card
 
 
@@ -192,8 +192,8 @@ def time_match(protocol, data_stride: int) -> dict[str, float]:
   fake_step = float(times[1] - times[0]) * (TRAIN_FRAMES - 1) * data_stride
   return dict(
     fake_step_source_frames=fake_step,
-    real_step_source_frames=float(protocol.frame_stride),
-    real_over_fake_speed=protocol.frame_stride / fake_step,
+    real_step_source_frames=float(protocol.real_stride),
+    real_over_fake_speed=protocol.real_stride / fake_step,
   )
 
 
