@@ -205,16 +205,9 @@ def train_functions(config, mesh, lazy_variants: bool = True):
   from digan_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
 
   steps = steps_lib.DiganSteps(config, mesh)
-  batch_sharding = sharding.batch_sharding(mesh)
-  n, r = steps.global_batch, steps.resolution
-  batch = {
-    "frames": jax.ShapeDtypeStruct((n, 2, r, r, 3), jnp.float32, sharding=batch_sharding),
-    "delta_t": jax.ShapeDtypeStruct((n,), jnp.float32, sharding=batch_sharding),
-  }
-  if steps.c_dim:
-    batch["label"] = jax.ShapeDtypeStruct((n,), jnp.int32, sharding=batch_sharding)
+  batch = steps.abstract_batch()
   step = steps.jit_train_step()
-  per_device = n / mesh.size
+  per_device = steps.global_batch / mesh.size
   out = []
   for lazy in steps.step_variants() if lazy_variants else ((),):
     name = "train_step" + "".join(f"+{p}" for p in lazy)
