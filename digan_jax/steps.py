@@ -305,28 +305,6 @@ class DiganSteps(phases.PhaseFunctions):
       k: jax.ShapeDtypeStruct(shape, dtype, sharding=sh) for k, (shape, dtype) in batch.items()
     }
 
-  def compile_variants_in_background(
-    self, step_fn, start: int = 0, stop: int | None = None
-  ) -> dict[tuple[str, ...], Any]:
-    """{lazy: future of step_fn compiled for that variant} for the variants that iterations
-    [start, stop) use, in the order they first occur, compiled one after another in a background
-    thread. The trainer starts this before its first evaluation: XLA compiles on one core while
-    the evaluation leaves the other partly idle, and the first step waits only for its own
-    variant. The executables are those jit builds (same lowering, options and persistent cache)."""
-    import concurrent.futures  # pylint: disable=g-import-not-at-top
-
-    period = math.lcm(*(p.every for p in self.phases))
-    end = start + period if stop is None else min(stop, start + period)
-    needed = list(dict.fromkeys(self.lazy_phases(s) for s in range(start, end)))
-    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile_train_step")
-    state, batch = self.abstract_state, self.abstract_batch()
-    futures = {
-      lazy: pool.submit(lambda lazy=lazy: step_fn.lower(state, batch, lazy).compile())
-      for lazy in needed
-    }
-    pool.shutdown(wait=False)  # the thread ends once the queued compilations are done
-    return futures
-
   def jit_phase(self, name: str):
     """One compiled phase of the table: (state, batch) -> (state, metrics)."""
     self.phase(name)  # fail early on an unknown name

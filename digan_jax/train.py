@@ -259,13 +259,8 @@ def train_and_evaluate(config, workdir) -> dict:
     start = 0
   else:
     logging.info("Resumed from step %d", start)
-  # Compiled while the iterator opens and the start's evaluation runs; waited for at first use.
-  compiled = (
-    digan_steps.compile_variants_in_background(digan_steps.jit_train_step(), start, num_steps)
-    if start < num_steps
-    else {}
-  )
   batches = _train_iterator(config, data_dir, name, mesh, start)
+  train_step = digan_steps.jit_train_step()
   guard = NonFiniteGuard(config.train.nonfinite_patience)
 
   writer = metric_writers.create_default_writer(
@@ -303,7 +298,7 @@ def train_and_evaluate(config, workdir) -> dict:
   try:
     while step < num_steps:
       batch = _device_batch(next(batches), mesh, gcfg.c_dim)
-      state, metrics = compiled[digan_steps.lazy_phases(step)].result()(state, batch)
+      state, metrics = train_step(state, batch, digan_steps.lazy_phases(step))
       if digan_steps.skip_nonfinite:  # summed on device: no host sync per step
         skipped = metrics["train/skipped"] + (skipped if n_log else 0)
       step += 1

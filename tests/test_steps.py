@@ -485,29 +485,3 @@ def test_init_from_given_networks_and_mismatch_message():
   bad = jax.tree.map(lambda x: x[..., :1], state.d_params)
   with pytest.raises(ValueError, match=r"d_params.*the config needs .*configs_from_meta"):
     steps.init_from(g_vars, {"params": bad})
-
-
-def test_variants_compiled_in_background_are_the_jitted_step():
-  """The trainer's step programs, compiled ahead in a background thread from the abstract state
-  and batch, give bit for bit what jit_train_step gives (both variants, 8 devices, labels)."""
-  config = tiny_digan.tiny_config(r1_every=2, c_dim=3)
-  mesh = sharding.make_mesh(config.mesh, jax.devices()[:8])
-  steps = steps_lib.DiganSteps(config, mesh, compiler_options=tiny_digan.COMPILER_OPTIONS)
-  step_fn = steps.jit_train_step()
-  compiled = steps.compile_variants_in_background(step_fn)
-  assert list(compiled) == [("r1",), ()]  # in the order iterations 0 and 1 need them
-  assert list(steps.compile_variants_in_background(step_fn, start=3, stop=4)) == [()]
-  runs = []
-  for call in (
-    lambda s, b, i: step_fn(s, b, steps.lazy_phases(i)),
-    lambda s, b, i: compiled[steps.lazy_phases(i)].result()(s, b),
-  ):
-    state, history = steps.create_train_state(), []
-    for i in range(3):
-      batch = tiny_digan.real_batch(i, steps.global_batch, steps.resolution, steps.c_dim)
-      state, metrics = call(state, sharding.global_batch_from_local(batch, mesh), i)
-      history.append(jax.device_get(metrics))
-    runs.append((history, tiny_digan.host_params(state)))
-  (hist_jit, params_jit), (hist_aot, params_aot) = runs
-  assert hist_jit == hist_aot
-  assert _max_abs_diff(params_jit, params_aot) == 0.0
