@@ -57,6 +57,10 @@ def _tf_options(tf, ds):
   options = tf.data.Options()
   options.deterministic = True
   options.experimental_optimization.map_parallelization = True
+  # No autotuning thread: deleting an iterator waits for that thread's next wake-up, up to 60 s
+  # into a run (seen as up to a minute between a trainer's last log line and its exit). The
+  # parallel map then uses one call per core.
+  options.autotune.enabled = False
   return ds.with_options(options)
 
 
